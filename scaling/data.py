@@ -1,0 +1,498 @@
+"""Token sources, the train/validation split, and batches as a pure function of (data_seed, step).
+
+Sources (DESIGN.md, "Data sources"):
+
+- ``stdlib`` (default): the running Python's standard-library ``*.py`` files, as bytes (vocab 256).
+- ``text``: the user's files or globs, as bytes.
+- ``tokens``: one flat ``.bin`` of uint16 / uint32 token ids (the nanoGPT layout), memory-mapped.
+
+Byte sources are packed the standard way: documents (files) are concatenated, each followed by one
+end-of-document byte ``SEPARATOR`` (NUL, which a text file never contains, so it acts as a
+dedicated EOT token), and training windows may cross document boundaries. They are split by
+document: a file is in validation iff a stable hash of its relative path falls under
+``val_fraction``, so no file is in both splits and the split is the same on every machine. Where
+that leaves a split empty (a single file, or a tiny ``val_fraction``), the last ``val_fraction``
+of the packed stream is validation instead; ``TokenSource.split_rule`` says which rule applied.
+A ``tokens`` file's validation split is its last ``val_fraction`` of tokens.
+
+Byte sources are built once into the user's cache folder (``cache_dir()``), as ``<name>.train.bin``
+and ``<name>.val.bin`` plus a ``<name>.json`` manifest. The name hashes the file list with sizes and
+mtimes (and the Python version for stdlib) and the split, so a changed input gets a fresh build.
+Every file is written to a unique temp name and ``os.replace``d, manifest last: two processes
+building at once write identical bytes, and a reader that sees the manifest sees complete files.
+Everything is then opened with ``np.memmap``, once per process (``open_source`` is cached).
+
+Batches: the train split is cut into fixed windows of ``seq_len + 1`` tokens, window k starting at
+``k * seq_len`` (consecutive windows share one token, so every token is a target once). Global row j
+of step s is sequence ``i = s * batch_size + j``; it reads window
+``permute(i % n_windows, n_windows, data_seed, epoch=i // n_windows)``. ``permute`` is a keyed
+Feistel network, so the order is a pure function of (data_seed, step): every model of a sweep sees
+the same data in the same order and resume needs no replay.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import hashlib
+import json
+import os
+import sys
+import sysconfig
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SOURCES = ("stdlib", "text", "tokens")
+TOKEN_DTYPES = ("uint16", "uint32")
+BYTE_VOCAB_SIZE = 256
+SEPARATOR = b"\x00"
+# Bumped when the packing or split changes, so old caches are never reused for a new layout.
+_FORMAT_VERSION = 1
+_READ_CHUNK_BYTES = 1 << 24
+_GLOB_CHARS = frozenset("*?[")
+
+
+class DataError(Exception):
+    """A user-facing data problem; the message is one line naming the path or setting at fault."""
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: arrays have no useful ==; identity is what we want
+class TokenSource:
+    name: str
+    vocab_size: int
+    content_hash: str  # 16 hex digits of sha256 over the tokens of both splits and the split rule
+    train: np.ndarray  # 1-D, disjoint from val
+    val: np.ndarray
+    bytes_per_token: float | None  # 1.0 for bytes, so val_bits_per_byte = val_loss / ln 2
+    split_rule: str = ""  # how train and val were cut, in words; part of content_hash
+
+
+def cache_dir() -> Path:
+    """``$SCALING_CACHE_DIR``, else ``$XDG_CACHE_HOME/scaling``, else ``~/.cache/scaling``."""
+    if os.environ.get("SCALING_CACHE_DIR"):
+        return Path(os.environ["SCALING_CACHE_DIR"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "scaling"
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation and path resolution (cheap: stats files, never reads them)
+
+
+def check_source(source: str, *, paths: Sequence[str] = (), dtype: str = "uint16",
+                 vocab_size: int | None = None, base_dir: str | Path = ".",
+                 val_fraction: float = 0.02) -> None:
+    """Raise DataError for a source that cannot be opened; reads no file contents."""
+    paths = _as_tuple(paths)
+    if source not in SOURCES:
+        raise DataError(f"unknown data source {source!r}; expected one of {', '.join(SOURCES)}")
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    if source == "stdlib":
+        if paths:
+            raise DataError("data source 'stdlib' takes no paths "
+                            "(use source 'text' for your own files)")
+        if not _stdlib_root().is_dir():
+            raise DataError(f"Python standard library source not found at {_stdlib_root()}")
+        _byte_vocab_size(vocab_size)
+    elif source == "text":
+        if not paths:
+            raise DataError("data source 'text' needs at least one path or glob in paths")
+        _resolve_text_paths(paths, base_dir)
+        _byte_vocab_size(vocab_size)
+    else:
+        _check_tokens(paths, dtype, vocab_size, base_dir)
+
+
+def _as_tuple(paths: Sequence[str] | str) -> tuple[str, ...]:
+    # A lone string is one path, not a sequence of one-character paths.
+    return (paths,) if isinstance(paths, str) else tuple(paths)
+
+
+def _byte_vocab_size(vocab_size: int | None) -> int:
+    # A model may pad its vocabulary above 256 (for matmul-friendly sizes); below 256 some bytes
+    # would have no embedding.
+    if vocab_size is None:
+        return BYTE_VOCAB_SIZE
+    if vocab_size < BYTE_VOCAB_SIZE:
+        raise DataError(f"vocab_size {vocab_size} is too small for the bytes tokenizer "
+                        f"(needs >= {BYTE_VOCAB_SIZE})")
+    return vocab_size
+
+
+def _check_tokens(paths: Sequence[str], dtype: str, vocab_size: int | None,
+                  base_dir: str | Path) -> Path:
+    if dtype not in TOKEN_DTYPES:
+        raise DataError(f"token dtype {dtype!r} is not supported; "
+                        f"expected one of {', '.join(TOKEN_DTYPES)}")
+    if vocab_size is None or vocab_size < 1:
+        raise DataError(f"data source 'tokens' needs a positive vocab_size, got {vocab_size!r}")
+    if len(paths) != 1:
+        raise DataError(f"data source 'tokens' takes exactly one .bin file, got {len(paths)} paths")
+    path = _absolute(paths[0], base_dir)
+    if not path.is_file():
+        raise DataError(f"token file not found: {paths[0]} (looked at {path})")
+    size = path.stat().st_size
+    itemsize = np.dtype(dtype).itemsize
+    if size == 0 or size % itemsize:
+        raise DataError(f"token file {path} holds {size} bytes, not a positive multiple of "
+                        f"{itemsize} ({dtype})")
+    return path
+
+
+def _absolute(path: str, base_dir: str | Path) -> Path:
+    p = Path(os.path.expanduser(path))
+    return p if p.is_absolute() else Path(base_dir).expanduser().resolve() / p
+
+
+def _resolve_text_paths(paths: Sequence[str], base_dir: str | Path) -> list[tuple[str, Path]]:
+    """(document name, absolute path) per file, in the order given, globs sorted, no duplicates.
+
+    The document name (path relative to base_dir where possible) is what the split hashes, so the
+    split does not depend on where the project is checked out.
+    """
+    base = Path(base_dir).expanduser().resolve()
+    found: dict[Path, str] = {}
+    for entry in paths:
+        target = _absolute(entry, base)
+        if _GLOB_CHARS & set(entry):
+            matches = sorted(Path(m) for m in glob.glob(str(target), recursive=True))
+            files = [m for m in matches if m.is_file()]
+            if not files:
+                raise DataError(f"glob matched no files: {entry} (looked under {target.parent})")
+        elif target.is_dir():
+            raise DataError(f"text path is a directory: {entry}; give files or a glob such as "
+                            f"{entry.rstrip('/')}/**/*.txt")
+        elif not target.is_file():
+            raise DataError(f"text file not found: {entry} (looked at {target})")
+        else:
+            files = [target]
+        for f in files:
+            f = f.resolve()
+            try:
+                name = f.relative_to(base).as_posix()
+            except ValueError:
+                name = f.as_posix()
+            found.setdefault(f, name)
+    return [(name, f) for f, name in found.items()]
+
+
+def _stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _stdlib_files() -> list[tuple[str, Path]]:
+    root = _stdlib_root()
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        # Installed packages are not the standard library and differ between environments.
+        dirnames[:] = [d for d in dirnames if d not in ("site-packages", "dist-packages")]
+        for fn in filenames:
+            if fn.endswith(".py"):
+                path = Path(dirpath) / fn
+                files.append((path.relative_to(root).as_posix(), path))
+    return sorted(files)
+
+
+# ----------------------------------------------------------------------------------------------
+# Opening sources
+
+
+def open_source(source: str = "stdlib", *, paths: Sequence[str] = (), dtype: str = "uint16",
+                vocab_size: int | None = None, val_fraction: float = 0.02,
+                base_dir: str | Path = ".") -> TokenSource:
+    """Open (building the cache on first use) a token source; cached per process."""
+    check_source(source, paths=paths, dtype=dtype, vocab_size=vocab_size, base_dir=base_dir,
+                 val_fraction=val_fraction)
+    base = str(Path(base_dir).expanduser().resolve())
+    # The cache folder is part of the key so that a changed $SCALING_CACHE_DIR is honoured.
+    return _open_cached(source, _as_tuple(paths), dtype, vocab_size, float(val_fraction), base,
+                        str(cache_dir()))
+
+
+@functools.lru_cache(maxsize=None)
+def _open_cached(source: str, paths: tuple[str, ...], dtype: str, vocab_size: int | None,
+                 val_fraction: float, base_dir: str, cache: str) -> TokenSource:
+    if source == "tokens":
+        return _open_tokens(paths[0], dtype, vocab_size, val_fraction, base_dir, Path(cache))
+    if source == "stdlib":
+        docs = _stdlib_files()
+        tag = f"stdlib-py{sys.version_info.major}.{sys.version_info.minor}"
+        salt = sys.version
+    else:
+        docs = _resolve_text_paths(paths, base_dir)
+        tag, salt = "text", ""
+    train, val, manifest = _open_byte_corpus(tag, salt, docs, val_fraction, Path(cache))
+    return TokenSource(name=source, vocab_size=_byte_vocab_size(vocab_size),
+                       content_hash=manifest["content_hash"], train=train, val=val,
+                       bytes_per_token=1.0, split_rule=manifest["split_rule"])
+
+
+def _in_val(doc_name: str, val_fraction: float) -> bool:
+    # sha256, not hash(): Python's str hash is salted per process.
+    h = int.from_bytes(hashlib.sha256(doc_name.encode()).digest()[:8], "big")
+    return h / 2.0**64 < val_fraction
+
+
+def _open_byte_corpus(tag: str, salt: str, docs: list[tuple[str, Path]], val_fraction: float,
+                      cache: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    key = hashlib.sha256()
+    key.update(f"v{_FORMAT_VERSION}|{salt}|{val_fraction!r}\n".encode())
+    for name, path in docs:
+        st = path.stat()
+        key.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    stem = cache / f"{tag}-{key.hexdigest()[:16]}"
+    manifest = _read_manifest(stem)
+    if manifest is None:
+        manifest = _build_byte_corpus(stem, docs, val_fraction)
+    train = np.memmap(f"{stem}.train.bin", dtype=np.uint8, mode="r")
+    val = np.memmap(f"{stem}.val.bin", dtype=np.uint8, mode="r")
+    return train, val, manifest
+
+
+def _read_manifest(stem: Path) -> dict | None:
+    """The manifest of a complete build, or None (absent, unreadable, or sizes not matching)."""
+    try:
+        manifest = json.loads(Path(f"{stem}.json").read_text())
+        sizes = (os.path.getsize(f"{stem}.train.bin"), os.path.getsize(f"{stem}.val.bin"))
+    except (OSError, ValueError):
+        return None
+    return manifest if sizes == (manifest.get("n_train"), manifest.get("n_val")) else None
+
+
+def _read_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(_READ_CHUNK_BYTES):
+            yield chunk
+
+
+def _build_byte_corpus(stem: Path, docs: list[tuple[str, Path]], val_fraction: float) -> dict:
+    """Pack docs into ``stem.train.bin`` / ``stem.val.bin``; streamed, so big corpora fit."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    val_docs = {name for name, _ in docs if _in_val(name, val_fraction)}
+    by_document = 0 < len(val_docs) < len(docs)
+    if by_document:
+        split_rule = f"bytes; split by document sha256(path) < {val_fraction!r}"
+        cut = None
+    else:
+        # Too few documents for a document split: the tail of the packed stream is validation.
+        total = sum(path.stat().st_size + len(SEPARATOR) for _, path in docs)
+        n_val = max(1, round(total * val_fraction))
+        if total - n_val < 1:
+            raise DataError(f"text corpus of {total} bytes is too small to split "
+                            "into train and val")
+        cut = total - n_val
+        split_rule = f"bytes; last {n_val} of {total} packed bytes are val"
+        val_docs = set()
+
+    tag = uuid.uuid4().hex  # unique per writer, threads included
+    tmp = {s: Path(f"{stem}.{s}.bin.tmp-{tag}") for s in ("train", "val", "json")}
+    hashers = {"train": hashlib.sha256(), "val": hashlib.sha256()}
+    counts = {"train": 0, "val": 0}
+    try:
+        with open(tmp["train"], "wb") as f_train, open(tmp["val"], "wb") as f_val:
+            out = {"train": f_train, "val": f_val}
+
+            def write(split: str, data: bytes) -> None:
+                out[split].write(data)
+                hashers[split].update(data)
+                counts[split] += len(data)
+
+            position = 0
+            for name, path in docs:
+                for chunk in [*_read_chunks(path), SEPARATOR]:
+                    if cut is None:
+                        write("val" if name in val_docs else "train", chunk)
+                    else:
+                        head = chunk[:max(0, cut - position)]
+                        if head:
+                            write("train", head)
+                        if len(head) < len(chunk):
+                            write("val", chunk[len(head):])
+                    position += len(chunk)
+        if counts["train"] == 0 or counts["val"] == 0:
+            raise DataError(f"corpus {stem.name} has an empty train or val split")
+        content = hashlib.sha256(
+            f"{split_rule}|{hashers['train'].hexdigest()}|{hashers['val'].hexdigest()}".encode())
+        manifest = {
+            "format_version": _FORMAT_VERSION,
+            "content_hash": content.hexdigest()[:16],
+            "split_rule": split_rule,
+            "separator": SEPARATOR.hex(),
+            "n_train": counts["train"],
+            "n_val": counts["val"],
+            "val_documents": sorted(val_docs),
+            "train_documents": sorted(name for name, _ in docs if name not in val_docs),
+        }
+        tmp["json"].write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp["train"], f"{stem}.train.bin")
+        os.replace(tmp["val"], f"{stem}.val.bin")
+        os.replace(tmp["json"], f"{stem}.json")  # last: its presence marks a complete build
+    finally:
+        for t in tmp.values():
+            t.unlink(missing_ok=True)
+    return manifest
+
+
+def _open_tokens(path_str: str, dtype: str, vocab_size: int, val_fraction: float, base_dir: str,
+                 cache: Path) -> TokenSource:
+    path = _absolute(path_str, base_dir).resolve()
+    tokens = np.memmap(path, dtype=np.dtype(dtype), mode="r")
+    digest, max_token = _scan_tokens(path, tokens, dtype, cache)
+    if max_token >= vocab_size:
+        raise DataError(f"token file {path} holds token id {max_token}, "
+                        f"not below vocab_size {vocab_size}")
+    n_val = max(1, round(len(tokens) * val_fraction))
+    if len(tokens) - n_val < 1:
+        raise DataError(f"token file {path} holds {len(tokens)} tokens, "
+                        "too few to split into train and val")
+    split_rule = f"{dtype}; last {n_val} of {len(tokens)} tokens are val"
+    content_hash = hashlib.sha256(f"{split_rule}|{digest}".encode()).hexdigest()[:16]
+    cut = len(tokens) - n_val
+    return TokenSource(name="tokens", vocab_size=vocab_size, content_hash=content_hash,
+                       train=tokens[:cut], val=tokens[cut:], bytes_per_token=None,
+                       split_rule=split_rule)
+
+
+def _scan_tokens(path: Path, tokens: np.ndarray, dtype: str, cache: Path) -> tuple[str, int]:
+    """(sha256 of the file, largest token id), read in chunks and cached per (file, size, mtime).
+
+    A token file may be many GB: the full pass happens once per machine, not once per run.
+    """
+    st = path.stat()
+    key = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}|{dtype}".encode()).hexdigest()[:16]
+    record = cache / f"tokens-{key}.json"
+    try:
+        scanned = json.loads(record.read_text())
+        return scanned["sha256"], int(scanned["max_token"])
+    except (OSError, ValueError, KeyError):
+        pass
+    hasher, max_token = hashlib.sha256(), 0
+    step = _READ_CHUNK_BYTES // tokens.itemsize
+    for start in range(0, len(tokens), step):
+        chunk = np.asarray(tokens[start:start + step])
+        hasher.update(chunk.tobytes())
+        max_token = max(max_token, int(chunk.max()))
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_name(f"{record.name}.tmp-{uuid.uuid4().hex}")
+    scanned = {"path": str(path), "sha256": hasher.hexdigest(), "max_token": max_token}
+    tmp.write_text(json.dumps(scanned))
+    os.replace(tmp, record)
+    return hasher.hexdigest(), max_token
+
+
+# ----------------------------------------------------------------------------------------------
+# Stateless permutation and batches
+
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+_FEISTEL_ROUNDS = 6  # 4 suffice for a pseudo-random permutation (Luby-Rackoff); 6 for margin
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    # splitmix64's finalizer (Steele et al. 2014): a cheap, well-avalanched 64-bit mix.
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _round_keys(seed: int, epoch: int) -> list[np.uint64]:
+    digest = hashlib.sha512(f"scaling.permute|{seed}|{epoch}".encode()).digest()
+    return [np.uint64(int.from_bytes(digest[8 * r:8 * r + 8], "little"))
+            for r in range(_FEISTEL_ROUNDS)]
+
+
+def permute(index: np.ndarray, n: int, seed: int, epoch: int = 0) -> np.ndarray:
+    """The image of ``index`` under a bijection of [0, n) that is a pure function of (seed, epoch).
+
+    A balanced Feistel network over the smallest even number of bits covering n is a bijection on
+    [0, 2^bits) for any round function; cycle-walking (re-encrypting values >= n) restricts it to
+    [0, n). The domain is under 4n, so the walk takes under 4 steps on average.
+    """
+    index = np.asarray(index)
+    flat = np.atleast_1d(index).astype(np.int64).ravel()
+    if n < 1:
+        raise ValueError(f"permute needs n >= 1, got {n}")
+    if flat.size and (flat.min() < 0 or flat.max() >= n):
+        raise ValueError(f"permute: index out of range [0, {n})")
+    if n == 1:
+        return np.zeros(index.shape, dtype=np.int64)
+    half = ((n - 1).bit_length() + 1) // 2
+    half_mask = np.uint64((1 << half) - 1)
+    keys = _round_keys(seed, epoch)
+
+    def encrypt(x: np.ndarray) -> np.ndarray:
+        left, right = x >> np.uint64(half), x & half_mask
+        for k in keys:
+            left, right = right, left ^ (_mix64(right ^ k) & half_mask)
+        return (left << np.uint64(half)) | right
+
+    out = encrypt(flat.astype(np.uint64))
+    outside = out >= np.uint64(n)
+    while outside.any():
+        out[outside] = encrypt(out[outside])
+        outside = out >= np.uint64(n)
+    return out.astype(np.int64).reshape(index.shape)
+
+
+class Batcher:
+    """Batches of fixed windows of the train split, in an order fixed by (data_seed, step)."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, data_seed: int):
+        if seq_len < 1 or batch_size < 1:
+            raise ValueError(f"seq_len and batch_size must be >= 1, got {seq_len}, {batch_size}")
+        self.tokens = tokens
+        self.seq_len = seq_len
+        self.batch_size = batch_size
+        self.data_seed = data_seed
+        self.n_windows = (len(tokens) - 1) // seq_len
+        if self.n_windows < 1:
+            raise DataError(f"train split holds {len(tokens)} tokens, fewer than one window of "
+                            f"seq_len + 1 = {seq_len + 1}")
+        self._offsets = np.arange(seq_len + 1, dtype=np.int64)
+
+    def window_indices(self, step: int, process_index: int = 0,
+                       process_count: int = 1) -> np.ndarray:
+        """Which window each row of this process's share of ``step``'s batch reads."""
+        if self.batch_size % process_count:
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by "
+                             f"process_count {process_count}")
+        if step < 0 or not 0 <= process_index < process_count:
+            raise ValueError(f"need step >= 0 and process_index in [0, {process_count}), "
+                             f"got {step}, {process_index}")
+        rows = self.batch_size // process_count
+        sequence = step * self.batch_size + process_index * rows + np.arange(rows, dtype=np.int64)
+        epoch, position = np.divmod(sequence, self.n_windows)
+        windows = np.empty(rows, dtype=np.int64)
+        for e in np.unique(epoch):  # a batch spans at most a few epochs
+            in_epoch = epoch == e
+            windows[in_epoch] = permute(position[in_epoch], self.n_windows, self.data_seed, int(e))
+        return windows
+
+    def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
+        """int32 [batch_size // process_count, seq_len + 1]; inputs [:, :-1], targets [:, 1:]."""
+        starts = self.window_indices(step, process_index, process_count) * self.seq_len
+        return np.asarray(self.tokens[starts[:, None] + self._offsets], dtype=np.int32)
+
+
+def validation_windows(val: np.ndarray, seq_len: int, n_sequences: int) -> np.ndarray:
+    """int32 [n, seq_len + 1]: n <= n_sequences windows spread evenly over the val split.
+
+    Evenly spaced rather than random so that every model, and every eval of one model, scores
+    exactly the same tokens, and those tokens sample the whole split rather than its first files.
+    """
+    if n_sequences < 1:
+        raise ValueError(f"n_sequences must be >= 1, got {n_sequences}")
+    n_available = (len(val) - 1) // seq_len
+    if n_available < 1:
+        raise DataError(f"validation split holds {len(val)} tokens, fewer than one window of "
+                        f"seq_len + 1 = {seq_len + 1}; raise val_fraction or add data")
+    n = min(n_sequences, n_available)
+    starts = (np.arange(n, dtype=np.int64) * n_available // n) * seq_len
+    return np.asarray(val[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int32)
