@@ -1,0 +1,52 @@
+"""Orbax checkpoints of (params, opt_state) for resuming a killed run.
+
+Orbax writes each step to a temporary folder and renames it when complete, so a kill mid-save
+leaves the previous checkpoint as the latest. Restoring is onto the current mesh's shardings, so a
+run may resume on a different device count. A checkpoint that exists but cannot be read is an
+error, never a silent restart from step 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import orbax.checkpoint as ocp
+
+# Orbax logs every save at INFO; the run's own progress says enough.
+logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+class CheckpointError(Exception):
+    pass
+
+
+class Checkpoints:
+    def __init__(self, folder: Path):
+        self.folder = Path(folder).resolve()
+        self.manager = ocp.CheckpointManager(
+            self.folder, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                                              enable_async_checkpointing=False))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: dict) -> None:
+        self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        self.manager.wait_until_finished()
+
+    def restore(self, step: int, abstract_state: dict) -> dict:
+        try:
+            return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        except Exception as e:  # orbax raises many types for a damaged checkpoint
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise CheckpointError(f"checkpoint {self.folder / str(step)} cannot be read ({type(e).__name__}: "
+                                  f"{first[:200]}); delete that folder to start this run over") from None
+
+    def close(self) -> None:
+        self.manager.close()
+
+    def delete_all(self) -> None:
+        self.close()
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,124 @@
+"""Run records on disk: config.json, history.parquet, summary.parquet (DESIGN.md "Records").
+
+Every file has one writer and is written to a temporary name in the same folder and then
+`os.replace`d, so a reader never sees half a file and a kill leaves the previous version intact.
+A per-run lock file keeps two sweep processes from training the same run at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# The fixed columns and their types; probe columns `probe/<task>/<metric>` (float64) are added freely.
+SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("sweep", pa.string()), ("seed", pa.int64()), ("data_seed", pa.int64()),
+    ("status", pa.string()), ("error", pa.string()), ("grid", pa.string()),
+    ("n_layer", pa.int64()), ("d_model", pa.int64()), ("n_head", pa.int64()), ("d_ff", pa.int64()),
+    ("vocab_size", pa.int64()), ("seq_len", pa.int64()), ("n_params", pa.int64()),
+    ("n_params_nonembed", pa.int64()), ("n_params_embed", pa.int64()),
+    ("step", pa.int64()), ("tokens", pa.int64()), ("batch_tokens", pa.int64()), ("target_tokens", pa.int64()),
+    ("flops", pa.float64()), ("flops_6nd", pa.float64()), ("flops_convention", pa.string()),
+    ("flops_budget", pa.float64()),
+    ("train_loss", pa.float64()), ("val_loss", pa.float64()), ("val_bits_per_byte", pa.float64()),
+    ("val_loss_optimal", pa.float64()), ("val_entropy", pa.float64()), ("val_ece", pa.float64()),
+    ("lr", pa.float64()), ("grad_norm", pa.float64()),
+    ("wall_seconds", pa.float64()), ("tokens_per_second", pa.float64()), ("mfu", pa.float64()),
+    ("peak_flops", pa.float64()), ("peak_flops_source", pa.string()), ("device_kind", pa.string()),
+    ("n_devices", pa.int64()), ("mesh", pa.string()),
+])
+
+STATUSES = ("running", "complete", "diverged", "failed")
+
+
+def run_dir(out_dir: str | Path, run_id: str) -> Path:
+    return Path(out_dir) / "runs" / run_id
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: dict) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=str)
+    _atomic_write(Path(path), write)
+
+
+def to_table(rows: list[dict]) -> pa.Table:
+    extra = sorted({k for r in rows for k in r} - set(SCHEMA.names))
+    schema = pa.schema(list(SCHEMA) + [(k, pa.float64()) for k in extra])
+    cols = {name: [_clean(r.get(name)) for r in rows] for name in schema.names}
+    return pa.table(cols, schema=schema)
+
+
+def _clean(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else v
+    return v
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    table = to_table(rows)
+    _atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
+
+
+def read_rows(path: Path) -> list[dict]:
+    return pq.read_table(path).to_pylist()
+
+
+def read_status(run_path: Path) -> str | None:
+    """The run's status from its summary, or None when it has none (never started) or it is unreadable."""
+    try:
+        return pq.read_table(run_path / "summary.parquet", columns=["status"]).column("status")[0].as_py()
+    except (FileNotFoundError, OSError, pa.ArrowException, IndexError):
+        return None
+
+
+class RunLock:
+    """An exclusive, non-blocking lock on one run folder; released when the process dies."""
+
+    def __init__(self, run_path: Path):
+        run_path.mkdir(parents=True, exist_ok=True)
+        self.path = run_path / ".lock"
+        self.fd = None
+
+    def acquire(self) -> bool:
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            return False
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()

@@ -1,0 +1,256 @@
+"""One training run from its spec to its records: resume, train, evaluate, checkpoint, write.
+
+History rows are written at every evaluation together with a checkpoint, so after a kill the
+history on disk never runs ahead of a restorable state (rows past the checkpoint are dropped on
+resume and recomputed identically: training is deterministic).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import platform
+import socket
+import subprocess
+import time
+import traceback
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+from scaling import records
+from scaling.config import RunSpec
+from scaling.flops import FLOPS_CONVENTION, flops_6nd, param_counts, training_flops_per_token
+
+
+class Halt(Exception):
+    """Raised by `halt_at` to simulate a kill after a checkpoint (tests)."""
+
+
+def base_row(spec: RunSpec) -> dict:
+    """The columns that follow from the spec alone (no JAX needed)."""
+    m, counts = spec.model, param_counts(**dataclasses.asdict(spec.model))
+    return {
+        "run_id": spec.run_id, "sweep": spec.sweep, "seed": spec.seed, "data_seed": spec.data.data_seed,
+        "grid": spec.grid, "n_layer": m.n_layer, "d_model": m.d_model, "n_head": m.n_head, "d_ff": m.d_ff,
+        "vocab_size": m.vocab_size, "seq_len": m.seq_len, "n_params": counts.n_params,
+        "n_params_nonembed": counts.n_params_nonembed, "n_params_embed": counts.n_params_embed,
+        "batch_tokens": spec.batch_size * m.seq_len, "target_tokens": spec.steps * spec.batch_size * m.seq_len,
+        "flops_convention": FLOPS_CONVENTION,
+        "flops_budget": spec.flops_budget if spec.flops_budget is not None else math.nan,
+    }
+
+
+def write_failure(spec: RunSpec, out_dir: str | Path, status: str, error: str) -> None:
+    """Mark a run failed (or diverged) even when it died before training started."""
+    path = records.run_dir(out_dir, spec.run_id)
+    summary = path / "summary.parquet"
+    row = records.read_rows(summary)[0] if records.read_status(path) else {**base_row(spec), "step": 0, "tokens": 0}
+    records.write_rows(summary, [{**row, "status": status, "error": error}])
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "pyarrow"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], None] | None = None,
+              devices=None, halt_at: int | None = None) -> dict:
+    """Train `spec` (resuming from its checkpoint if one exists) and write its records.
+
+    Returns the summary row. Divergence is recorded as status `diverged`; other exceptions propagate
+    (the caller records them as `failed`).
+    """
+    import jax
+    import numpy as np
+
+    from scaling import data as data_mod
+    from scaling import hardware
+    from scaling import sharding as shd
+    from scaling import train as tr
+    from scaling.checkpoint import CheckpointError, Checkpoints
+
+    t_start = time.perf_counter()
+    path = records.run_dir(out_dir, spec.run_id)
+    writer = jax.process_index() == 0
+    m, t = spec.model, spec.train
+    source = data_mod.open_source(spec.data.source, paths=spec.data.paths, dtype=spec.data.dtype,
+                                  vocab_size=m.vocab_size, val_fraction=spec.data.val_fraction,
+                                  base_dir=spec.data.base_dir)
+    batcher = data_mod.Batcher(source.train, m.seq_len, spec.batch_size, spec.data.data_seed)
+    mesh = shd.make_mesh(spec.mesh, devices)
+    n_dev = mesh.size
+    n_val = tr.n_eval_windows(spec, n_dev, len(source.val) // m.seq_len)
+    val_windows = data_mod.validation_windows(source.val, m.seq_len, n_val)
+    program = tr.build_program(spec, mesh)
+    peak = hardware.peak_flops(t.compute_dtype, n_devices=n_dev)
+    flops_per_token = training_flops_per_token(**dataclasses.asdict(m))
+    tokens_per_step = spec.batch_size * m.seq_len
+    schedule = tr.lr_schedule(spec.optim, spec.steps)
+    device_kind = jax.devices()[0].device_kind
+
+    base = {**base_row(spec), "peak_flops": peak.flops_per_second, "peak_flops_source": peak.source,
+            "device_kind": device_kind, "n_devices": n_dev, "mesh": f"{spec.mesh.preset}:{shd.describe(mesh)}"}
+    if writer:
+        records.write_json(path / "config.json", {
+            "run_id": spec.run_id, "spec": spec.to_dict(), "versions": _versions(), "git_commit": _git_commit(),
+            "host": socket.gethostname(), "data_content_hash": source.content_hash, "device_kind": device_kind,
+            "n_devices": n_dev, "process_count": jax.process_count(), "mesh": base["mesh"],
+            "steps": spec.steps, "batch_size": spec.batch_size, "micro_batches": program.n_micro,
+            "eval_sequences": len(val_windows), "flops_per_token": flops_per_token,
+        })
+
+    ckpt = Checkpoints(path / "checkpoints")
+    history: list[dict] = []
+    history_path = path / "history.parquet"
+    latest = ckpt.latest_step()
+    wall_offset = 0.0
+    if latest is not None:
+        state = ckpt.restore(latest, program.abstract_state())
+        params, opt_state, step = state["params"], state["opt_state"], latest
+        if history_path.exists():
+            history = [r for r in records.read_rows(history_path) if r["step"] <= latest]
+        wall_offset = history[-1]["wall_seconds"] if history else 0.0
+    else:
+        if history_path.exists() and records.read_rows(history_path):
+            raise CheckpointError(f"{history_path} has records but {ckpt.folder} holds no checkpoint; "
+                                  "delete the run folder to start it over")
+        params = program.init_params()
+        opt_state = program.init_opt_state(params)
+        step = 0
+
+    def row(**values) -> dict:
+        tokens = values["step"] * tokens_per_step
+        return {**base, "status": "running", "error": None, "tokens": tokens, "flops": flops_per_token * tokens,
+                "flops_6nd": flops_6nd(base["n_params_nonembed"], tokens), "val_bits_per_byte": math.nan,
+                "val_loss_optimal": math.nan, **values}
+
+    def write(status: str, summary_row: dict, error: str | None = None):
+        if writer:
+            records.write_rows(history_path, history)
+            records.write_rows(path / "summary.parquet", [{**summary_row, "status": status, "error": error}])
+
+    if writer and not history:
+        records.write_rows(path / "summary.parquet", [row(step=step, status="running", wall_seconds=0.0)])
+
+    evals = set(tr.eval_steps(spec.steps, t.eval_points))
+    chunk = tr.eval_chunk(spec, n_dev)
+    batch_sharding = shd.batch_sharding(mesh)
+    n_proc, i_proc = jax.process_count(), jax.process_index()
+    local_devices = n_dev // n_proc
+    global_shape = (program.n_micro, spec.batch_size // program.n_micro, m.seq_len + 1)
+
+    timed_tokens, timed_seconds = 0, 0.0  # whole run, compile step excluded
+    interval_tokens, interval_seconds = 0, 0.0
+    losses_since_eval: list[float] = []
+    pending = None  # (step, metrics) dispatched but not yet read
+    clock = None
+    first_step = True
+
+    def read(pending_item):
+        s, metrics = pending_item
+        loss = float(metrics["loss"])
+        if not math.isfinite(loss):
+            raise tr.Diverged(f"non-finite training loss at step {s}")
+        losses_since_eval.append(loss)
+        return loss, float(metrics["grad_norm"])
+
+    last = {"step": step, "wall_seconds": wall_offset}
+    try:
+        while step < spec.steps:
+            step += 1
+            local = batcher.batch(step - 1, i_proc, n_proc)
+            batch = tr.to_global(tr.micro_batches(local, local_devices, program.n_micro), batch_sharding, global_shape)
+            params, opt_state, metrics = program.train_step(params, opt_state, batch)
+            if pending is not None:
+                loss, _ = read(pending)
+                if on_step:
+                    on_step({"step": pending[0], "steps": spec.steps, "tokens": pending[0] * tokens_per_step,
+                             "loss": loss, "tokens_per_second": timed_tokens / timed_seconds if timed_seconds else None})
+            pending = (step, metrics)
+            if first_step:
+                jax.block_until_ready(metrics)
+                first_step, clock = False, time.perf_counter()
+                if step not in evals and step != spec.steps and step % max(t.checkpoint_every, 1) != 0:
+                    continue
+            if step in evals or (t.checkpoint_every and step % t.checkpoint_every == 0):
+                loss, grad_norm = read(pending)
+                pending = None
+                now = time.perf_counter()
+                if clock is not None:
+                    dt = now - clock
+                    n_tok = (step - last["step_timed"]) * tokens_per_step if "step_timed" in last else 0
+                    timed_tokens += n_tok
+                    timed_seconds += dt if n_tok else 0.0
+                    interval_tokens += n_tok
+                    interval_seconds += dt if n_tok else 0.0
+                if step in evals:
+                    ev = tr.evaluate(program, params, val_windows, chunk)
+                    tps = interval_tokens / interval_seconds if interval_seconds else math.nan
+                    r = row(step=step, train_loss=float(np.mean(losses_since_eval)), val_loss=ev["val_loss"],
+                            val_entropy=ev["val_entropy"], val_ece=ev["val_ece"], lr=float(schedule(step - 1)),
+                            grad_norm=grad_norm, wall_seconds=wall_offset + time.perf_counter() - t_start,
+                            tokens_per_second=tps, mfu=tps * flops_per_token / peak.flops_per_second)
+                    if source.bytes_per_token:
+                        r["val_bits_per_byte"] = ev["val_loss"] / math.log(2) / source.bytes_per_token
+                    history.append(r)
+                    losses_since_eval.clear()
+                    interval_tokens, interval_seconds = 0, 0.0
+                ckpt.save(step, {"params": params, "opt_state": opt_state})
+                if step in evals:
+                    write("running", history[-1])
+                if halt_at is not None and step >= halt_at:
+                    raise Halt(step)
+                clock = time.perf_counter()
+                last["step_timed"] = step
+            elif clock is not None and "step_timed" not in last:
+                last["step_timed"] = step - 1
+        final = dict(history[-1])
+        tps = timed_tokens / timed_seconds if timed_seconds else final["tokens_per_second"]
+        final.update(wall_seconds=wall_offset + time.perf_counter() - t_start, tokens_per_second=tps,
+                     mfu=tps * flops_per_token / peak.flops_per_second)
+        write("complete", final)
+        if not t.keep_checkpoints:
+            ckpt.delete_all()
+        else:
+            ckpt.close()
+        return {**final, "status": "complete"}
+    except tr.Diverged as e:
+        bad = row(step=step, train_loss=math.nan, val_loss=math.nan, val_entropy=math.nan, val_ece=math.nan,
+                  lr=float(schedule(step - 1)), grad_norm=math.nan,
+                  wall_seconds=wall_offset + time.perf_counter() - t_start, tokens_per_second=math.nan, mfu=math.nan)
+        history.append(bad)
+        write("diverged", bad, str(e))
+        ckpt.close()
+        return {**bad, "status": "diverged", "error": str(e)}
+
+
+def run_and_record(spec: RunSpec, out_dir: str | Path, **kwargs) -> dict:
+    """`train_run` under the run's lock; an exception becomes status `failed` with its text."""
+    path = records.run_dir(out_dir, spec.run_id)
+    lock = records.RunLock(path)
+    if not lock.acquire():
+        return {"run_id": spec.run_id, "status": "locked", "error": "another process is training this run"}
+    with lock:
+        try:
+            return train_run(spec, out_dir, **kwargs)
+        except Halt:
+            raise
+        except Exception as e:  # noqa: BLE001 - any error of one run must not stop the sweep
+            message = f"{type(e).__name__}: {e}".splitlines()[0]
+            (path / "error.txt").write_text(traceback.format_exc())
+            write_failure(spec, out_dir, "failed", message)
+            return {"run_id": spec.run_id, "status": "failed", "error": message}

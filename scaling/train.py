@@ -1,0 +1,234 @@
+"""Training one run: the optimizer, the jitted train and eval steps, and the loop that writes records.
+
+The model is split once into a graph definition and a flat dict of parameters; the train step is a
+pure function of (params, opt_state, batch), jitted with NamedShardings on a device mesh. Gradient
+accumulation runs inside the step as a `lax.scan` over micro-batches. Host code reads step k's loss
+while step k+1 runs, so logging never stalls the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from scaling import sharding as shd
+from scaling.config import OptimConfig, RunSpec
+from scaling.model import GPT, token_losses
+
+ECE_BINS = 15  # equal-width confidence bins (Guo et al. 2017)
+
+
+class Diverged(Exception):
+    pass
+
+
+def lr_schedule(o: OptimConfig, steps: int) -> Callable:
+    """Learning rate for update `count` (0-based): linear warmup over `warmup * steps`, then
+    cosine to `min_lr_ratio * lr` (Loshchilov & Hutter 2017), constant, or WSD: constant until the
+    last `decay * steps` updates, then a 1-sqrt cool-down (Hägele et al. 2024, Sec. 3)."""
+    warm = int(round(o.warmup * steps))
+    floor = o.lr * o.min_lr_ratio
+    n_decay = max(1, int(round(o.decay * steps)))
+
+    def schedule(count):
+        step = jnp.asarray(count, jnp.float32) + 1.0
+        ramp = jnp.minimum(step / warm, 1.0) if warm else 1.0
+        if o.schedule == "cosine":
+            progress = jnp.clip((step - warm) / max(steps - warm, 1), 0.0, 1.0)
+            lr = floor + (o.lr - floor) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+        elif o.schedule == "wsd":
+            progress = jnp.clip((step - (steps - n_decay)) / n_decay, 0.0, 1.0)
+            lr = o.lr - (o.lr - floor) * jnp.sqrt(progress)
+        else:
+            lr = jnp.asarray(o.lr, jnp.float32)
+        return ramp * lr
+
+    return schedule
+
+
+def make_optimizer(o: OptimConfig, steps: int) -> optax.GradientTransformation:
+    # Decay matrices only (kernels, embeddings), not biases or LayerNorm gains: nanoGPT / GPT-3 practice.
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+    return optax.chain(
+        optax.clip_by_global_norm(o.grad_clip) if o.grad_clip > 0 else optax.identity(),
+        optax.adamw(lr_schedule(o, steps), b1=o.beta1, b2=o.beta2, eps=o.eps, weight_decay=o.weight_decay,
+                    mask=decay_mask),
+    )
+
+
+def _flatten(nested: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in nested.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + "/") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def _unflatten(flat: dict) -> dict:
+    nested: dict = {}
+    for key, v in flat.items():
+        *parents, leaf = key.split("/")
+        node = nested
+        for p in parents:
+            node = node.setdefault(int(p) if p.isdigit() else p, {})
+        node[leaf] = v
+    return nested
+
+
+@dataclass
+class Program:
+    """Everything compiled for one run spec on one mesh."""
+
+    spec: RunSpec
+    mesh: jax.sharding.Mesh
+    graphdef: object
+    state_template: object
+    param_shardings: dict
+    opt_shardings: object
+    tx: optax.GradientTransformation
+    train_step: Callable
+    eval_step: Callable
+    n_micro: int
+
+    def model(self, params: dict) -> GPT:
+        state = jax.tree.map(lambda x: x, self.state_template)
+        nnx.replace_by_pure_dict(state, _unflatten(params))
+        return nnx.merge(self.graphdef, state)
+
+    def init_params(self) -> dict:
+        """Initial parameters from the run's seed, created already sharded."""
+        def init():
+            model = GPT(self.spec.model, rngs=nnx.Rngs(self.spec.seed), **_dtypes(self.spec))
+            return _flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+        return jax.jit(init, out_shardings=self.param_shardings)()
+
+    def init_opt_state(self, params):
+        return jax.jit(self.tx.init, out_shardings=self.opt_shardings)(params)
+
+    def abstract_state(self) -> dict:
+        params = jax.eval_shape(lambda: _flatten(nnx.to_pure_dict(self.state_template)))
+        opt = jax.eval_shape(self.tx.init, params)
+        with_sh = lambda tree, shs: jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shs)
+        return {"params": with_sh(params, self.param_shardings), "opt_state": with_sh(opt, self.opt_shardings)}
+
+
+def _dtypes(spec: RunSpec) -> dict:
+    return {"compute_dtype": spec.train.compute_dtype, "param_dtype": spec.train.param_dtype}
+
+
+def build_program(spec: RunSpec, mesh: jax.sharding.Mesh, *, attention: str = "xla") -> Program:
+    cfg, t = spec.model, spec.train
+    abstract_model = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0), attention=attention, **_dtypes(spec)))
+    graphdef, state_template = nnx.split(abstract_model, nnx.Param)
+    flat_abstract = _flatten(nnx.to_pure_dict(state_template))
+    param_shardings = shd.tree_shardings(flat_abstract, mesh)
+    tx = make_optimizer(spec.optim, spec.steps)
+    opt_abstract = jax.eval_shape(tx.init, flat_abstract)
+    opt_shardings = shd.tree_shardings(opt_abstract, mesh)
+
+    n_dev = mesh.size
+    per_device = spec.batch_size // n_dev
+    micro = t.micro_batch or per_device
+    n_micro = per_device // micro
+
+    def forward(params, inputs_bs):
+        state = jax.tree.map(lambda x: x, state_template)
+        nnx.replace_by_pure_dict(state, _unflatten(params))
+        return nnx.merge(graphdef, state)(inputs_bs)
+
+    def loss_fn(params, batch_bs):
+        logits = forward(params, batch_bs[:, :-1])
+        nll, objective, _ = token_losses(logits, batch_bs[:, 1:], label_smoothing=t.label_smoothing,
+                                         entropy_coef=t.entropy_coef)
+        return objective.mean(), nll.mean()
+
+    def train_step(params, opt_state, batch_mbs):
+        def micro_step(carry, batch_bs):
+            grads, nll = carry
+            (_, nll_i), grads_i = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_bs)
+            return (jax.tree.map(jnp.add, grads, grads_i), nll + nll_i), None
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        (grads, nll), _ = jax.lax.scan(micro_step, (zeros, jnp.float32(0.0)), batch_mbs)
+        grads = jax.tree.map(lambda g: g / n_micro, grads)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, {"loss": nll / n_micro, "grad_norm": optax.global_norm(grads)}
+
+    def eval_step(params, batch_bs):
+        logits = forward(params, batch_bs[:, :-1])
+        targets = batch_bs[:, 1:]
+        nll, _, entropy = token_losses(logits, targets)
+        confidence = jnp.exp(jnp.max(jax.nn.log_softmax(logits, axis=-1), axis=-1)).reshape(-1)
+        correct = (jnp.argmax(logits, axis=-1) == targets).reshape(-1).astype(jnp.float32)
+        bins = jnp.clip(jnp.floor(confidence * ECE_BINS).astype(jnp.int32), 0, ECE_BINS - 1)
+        seg = lambda x: jax.ops.segment_sum(x, bins, num_segments=ECE_BINS)
+        return {"nll": nll.sum(), "entropy": entropy.sum(), "count": jnp.float32(nll.size),
+                "bin_confidence": seg(confidence), "bin_correct": seg(correct), "bin_count": seg(jnp.ones_like(correct))}
+
+    rep = shd.replicated(mesh)
+    batch_sh = shd.batch_sharding(mesh)
+    jit_train = jax.jit(train_step, in_shardings=(param_shardings, opt_shardings, batch_sh),
+                        out_shardings=(param_shardings, opt_shardings, rep), donate_argnums=(0, 1))
+    eval_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(shd.batch_axis(mesh), None))
+    jit_eval = jax.jit(eval_step, in_shardings=(param_shardings, eval_sh), out_shardings=rep)
+    return Program(spec=spec, mesh=mesh, graphdef=graphdef, state_template=state_template,
+                   param_shardings=param_shardings, opt_shardings=opt_shardings, tx=tx, train_step=jit_train,
+                   eval_step=jit_eval, n_micro=n_micro)
+
+
+def to_global(local: np.ndarray, sharding, global_shape) -> jax.Array:
+    """A global array from this process's rows (every process passes its own shard)."""
+    return jax.make_array_from_process_local_data(sharding, local, global_shape)
+
+
+def micro_batches(rows_bs: np.ndarray, n_local_devices: int, n_micro: int) -> np.ndarray:
+    """[rows, S+1] -> [n_micro, rows / n_micro, S+1], keeping each device's rows on that device:
+    micro-batch k holds the k-th slice of every device's share."""
+    rows, width = rows_bs.shape
+    micro = rows // (n_local_devices * n_micro)
+    return (rows_bs.reshape(n_local_devices, n_micro, micro, width).transpose(1, 0, 2, 3)
+            .reshape(n_micro, n_local_devices * micro, width))
+
+
+def evaluate(program: Program, params, windows: np.ndarray, chunk: int) -> dict:
+    """Validation loss, entropy and top-1 calibration over fixed windows."""
+    totals = None
+    n_proc, i_proc = jax.process_count(), jax.process_index()
+    sharding = jax.sharding.NamedSharding(program.mesh, jax.sharding.PartitionSpec(shd.batch_axis(program.mesh), None))
+    for start in range(0, len(windows), chunk):
+        block = windows[start:start + chunk]
+        rows = len(block) // n_proc
+        out = program.eval_step(params, to_global(block[i_proc * rows:(i_proc + 1) * rows], sharding, block.shape))
+        out = jax.tree.map(np.asarray, out)
+        totals = out if totals is None else jax.tree.map(np.add, totals, out)
+    n = float(totals["count"])
+    ece = float(np.sum(np.abs(totals["bin_correct"] - totals["bin_confidence"])) / n)
+    return {"val_loss": float(totals["nll"]) / n, "val_entropy": float(totals["entropy"]) / n, "val_ece": ece,
+            "ece_bins": {k: totals[k].tolist() for k in ("bin_confidence", "bin_correct", "bin_count")}}
+
+
+def eval_steps(total_steps: int, points: int) -> list[int]:
+    """Log-spaced evaluation steps from 1 to the last step, always including the last."""
+    grid = np.unique(np.round(np.geomspace(1, total_steps, num=max(points, 1))).astype(int))
+    return sorted(set(int(s) for s in grid) | {total_steps})
+
+
+def eval_chunk(spec: RunSpec, n_devices: int) -> int:
+    return max(n_devices, min(spec.batch_size, -(-spec.train.eval_sequences // n_devices) * n_devices))
+
+
+def n_eval_windows(spec: RunSpec, n_devices: int, available: int) -> int:
+    chunk = eval_chunk(spec, n_devices)
+    n = min(spec.train.eval_sequences, available)
+    return max(chunk, n // chunk * chunk) if available >= chunk else available // n_devices * n_devices
