@@ -32,13 +32,17 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: dict) -> None:
-        self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    def save(self, step: int, state: dict, host: dict) -> None:
+        """`state`: arrays (params, optimizer state); `host`: JSON-able host-side counters saved with them."""
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        host=ocp.args.JsonSave(host)), force=True)
         self.manager.wait_until_finished()
 
-    def restore(self, step: int, abstract_state: dict) -> dict:
+    def restore(self, step: int, abstract_state: dict) -> tuple[dict, dict]:
         try:
-            return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+            out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                                     host=ocp.args.JsonRestore()))
+            return out["state"], out["host"]
         except Exception as e:  # orbax raises many types for a damaged checkpoint
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise CheckpointError(f"checkpoint {self.folder / str(step)} cannot be read ({type(e).__name__}: "

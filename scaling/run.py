@@ -67,6 +67,17 @@ def _git_commit() -> str | None:
         return None
 
 
+def enable_compilation_cache() -> None:
+    """JAX's persistent compilation cache in the user's cache folder: a rerun, or a second run of the
+    same shape, loads its compiled steps instead of compiling them again."""
+    import jax
+
+    from scaling.data import cache_dir
+    if jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
 def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], None] | None = None,
               devices=None, halt_at: int | None = None) -> dict:
     """Train `spec` (resuming from its checkpoint if one exists) and write its records.
@@ -84,6 +95,7 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
     from scaling.checkpoint import CheckpointError, Checkpoints
 
     t_start = time.perf_counter()
+    enable_compilation_cache()
     path = records.run_dir(out_dir, spec.run_id)
     writer = jax.process_index() == 0
     m, t = spec.model, spec.train
@@ -119,8 +131,9 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
     latest = ckpt.latest_step()
     wall_offset = 0.0
     if latest is not None:
-        state = ckpt.restore(latest, program.abstract_state())
+        state, host = ckpt.restore(latest, program.abstract_state())
         params, opt_state, step = state["params"], state["opt_state"], latest
+        losses_since_eval = host["losses_since_eval"]
         if history_path.exists():
             history = [r for r in records.read_rows(history_path) if r["step"] <= latest]
         wall_offset = history[-1]["wall_seconds"] if history else 0.0
@@ -131,6 +144,7 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
         params = program.init_params()
         opt_state = program.init_opt_state(params)
         step = 0
+        losses_since_eval = []
 
     def row(**values) -> dict:
         tokens = values["step"] * tokens_per_step
@@ -155,7 +169,6 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
 
     timed_tokens, timed_seconds = 0, 0.0  # whole run, compile step excluded
     interval_tokens, interval_seconds = 0, 0.0
-    losses_since_eval: list[float] = []
     pending = None  # (step, metrics) dispatched but not yet read
     clock = None
     first_step = True
@@ -209,7 +222,7 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
                     history.append(r)
                     losses_since_eval.clear()
                     interval_tokens, interval_seconds = 0, 0.0
-                ckpt.save(step, {"params": params, "opt_state": opt_state})
+                ckpt.save(step, {"params": params, "opt_state": opt_state}, {"losses_since_eval": losses_since_eval})
                 if step in evals:
                     write("running", history[-1])
                 if halt_at is not None and step >= halt_at:

@@ -187,6 +187,10 @@ def load_sweep(path: str | Path, *, device_count: int | None = None) -> SweepCon
             doc = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(file, "", "no such file") from None
+    except OSError as e:
+        raise ConfigError(file, "", f"cannot read the file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(file, "", f"not UTF-8 text (byte {e.start}); a sweep file is TOML") from None
     except tomllib.TOMLDecodeError as e:
         # tomllib's message already carries "(at line L, column C)".
         raise ConfigError(file, "", f"TOML syntax error: {e}") from None
@@ -195,7 +199,11 @@ def load_sweep(path: str | Path, *, device_count: int | None = None) -> SweepCon
 
     sw = root.sub("sweep")
     name = sw.str("name", path.stem)
+    if not name.strip():
+        raise sw.error("name", "expected a non-empty name")
     out_dir = sw.str("out_dir", f"results/{name}")
+    if not out_dir.strip():
+        raise sw.error("out_dir", "expected a non-empty folder")
     seeds = _int_list(sw, "seeds", min=0) if "seeds" in sw.data else [0]
     launcher = sw.str("launcher", "local", choices=LAUNCHERS)
     max_parallel = sw.int("max_parallel", 1, min=1)
@@ -203,9 +211,10 @@ def load_sweep(path: str | Path, *, device_count: int | None = None) -> SweepCon
 
     d = root.sub("data")
     source = d.str("source", "stdlib", choices=SOURCES)
-    paths = tuple(d.raw("paths", []))
-    if not all(isinstance(p, str) for p in paths):
-        raise d.error("paths", "expected a list of strings (files or globs)")
+    paths = d.raw("paths", [])
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise d.error("paths", f"expected a list of strings (files or globs), got {paths!r}")
+    paths = tuple(paths)
     if source in ("text", "tokens") and not paths:
         raise d.error("paths", f"expected at least one path for source = {source!r}")
     dtype = d.str("dtype", "uint16", choices=("uint16", "uint32"))
@@ -274,6 +283,9 @@ def load_sweep(path: str | Path, *, device_count: int | None = None) -> SweepCon
     runs, seen = [], set()
     for (kind, model, tokens, budget), overrides, seed in itertools.product(grids, axes, seeds):
         o_kw = {**optim_kw, **{k: v for k, v in overrides.items() if k in optim_kw}}
+        if o_kw["schedule"] == "wsd" and o_kw["warmup"] + o_kw["decay"] > 1:
+            raise ConfigError(file, "schedule.decay", "warmup + decay must be at most 1 for the wsd schedule "
+                              "(fractions of the run; wsd is chosen in [axes])")
         t_kw = {**train_kw, **{k: v for k, v in overrides.items() if k in train_kw}}
         spec = RunSpec(sweep=name, grid=kind, model=model, data=data, optim=OptimConfig(**o_kw),
                        train=TrainConfig(tokens=tokens, **t_kw), mesh=mesh, seed=seed, flops_budget=budget)
@@ -289,6 +301,9 @@ def load_sweep(path: str | Path, *, device_count: int | None = None) -> SweepCon
 _AXIS_KEYS = {"optimizer.lr": ("lr", "float"), "optimizer.weight_decay": ("weight_decay", "float"),
               "schedule.kind": ("schedule", "str"), "train.label_smoothing": ("label_smoothing", "float"),
               "train.entropy_coef": ("entropy_coef", "float")}
+# (min, max, min_open) of each float axis: the same bounds as the key it overrides.
+_AXIS_BOUNDS = {"lr": (0, None, True), "weight_decay": (0, None, False), "label_smoothing": (0, 1, False),
+                "entropy_coef": (None, None, False)}
 
 
 def _axes(t: _Table, optim_kw, train_kw) -> list[dict]:
@@ -300,7 +315,7 @@ def _axes(t: _Table, optim_kw, train_kw) -> list[dict]:
         name, kind = _AXIS_KEYS[key]
         values = t.list(key)
         if kind == "float":
-            values = [_as_float(t, f'"{key}"[{i}]', v, None, None, False) for i, v in enumerate(values)]
+            values = [_as_float(t, f'"{key}"[{i}]', v, *_AXIS_BOUNDS[name]) for i, v in enumerate(values)]
         elif not all(isinstance(v, str) and v in SCHEDULES for v in values):
             raise t.error(key, f"expected a list of {', '.join(SCHEDULES)}")
         lists.append([(name, v) for v in values])
@@ -336,8 +351,8 @@ def _isoflop_grid(t: _Table, rule: _ShapeRule, batch_tokens: int):
     models = _models(t, rule)
     min_steps = t.int("min_steps", 20, min=1)
     window = t.raw("tokens_per_param", [1.0, 1e4])
-    if (not isinstance(window, list) or len(window) != 2 or not all(isinstance(x, (int, float)) for x in window)
-            or not 0 < window[0] < window[1]):
+    numbers = isinstance(window, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in window)
+    if not numbers or len(window) != 2 or not 0 < window[0] < window[1]:
         raise t.error("tokens_per_param", f"expected [low, high] with 0 < low < high, got {window!r}")
     t.finish()
     out = []
@@ -346,14 +361,15 @@ def _isoflop_grid(t: _Table, rule: _ShapeRule, batch_tokens: int):
         for m in models:
             steps = int(c / training_flops_per_token(**dataclasses.asdict(m)) // batch_tokens)
             n = param_counts(**dataclasses.asdict(m)).n_params_nonembed
-            if steps >= min_steps and window[0] <= steps * batch_tokens / n <= window[1]:
+            fits = steps >= min_steps and window[0] <= steps * batch_tokens / n <= window[1]
+            if fits and all(m != other for other, _ in fitting):
                 fitting.append((m, steps * batch_tokens))
         if len(fitting) < 3:
             smallest = min(models, key=lambda m: training_flops_per_token(**dataclasses.asdict(m)))
             need = min_steps * batch_tokens * training_flops_per_token(**dataclasses.asdict(smallest))
-            raise t.error(f"budgets[{i}]", f"budget {c:.3g} FLOPs fits only {len(fitting)} model size(s) (need >= 3 "
-                          f"for an IsoFLOP profile; the smallest model needs >= {need:.3g} FLOPs for {min_steps} steps "
-                          f"within tokens_per_param {window})")
+            raise t.error(f"budgets[{i}]", f"budget {c:.3g} FLOPs fits only {len(fitting)} distinct model size(s) "
+                          f"(need >= 3 for an IsoFLOP profile; the smallest model needs >= {need:.3g} FLOPs for "
+                          f"{min_steps} steps within tokens_per_param {window})")
         out += [("isoflop", m, d, c) for m, d in fitting]
     return out
 

@@ -163,7 +163,7 @@ def build_program(spec: RunSpec, mesh: jax.sharding.Mesh, *, attention: str = "x
         grads = jax.tree.map(lambda g: g / n_micro, grads)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": nll / n_micro, "grad_norm": optax.global_norm(grads)}
+        return params, opt_state, {"loss": nll / n_micro, "grad_norm": optax.tree.norm(grads)}
 
     def eval_step(params, batch_bs):
         logits = forward(params, batch_bs[:, :-1])

@@ -1,0 +1,37 @@
+# The README's commands. `make setup` once; then `make sweep`, `make test`, `make plots`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SWEEP  ?= sweeps/kaplan.toml
+
+.PHONY: setup sweep smoke test test-all plots bench clean
+
+# The venv is rebuilt when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+sweep: setup            ## train sweeps/kaplan.toml (or SWEEP=...) into results/
+	$(BIN)/scaling sweep $(SWEEP)
+
+smoke: setup            ## three tiny runs, under a minute
+	$(BIN)/scaling sweep sweeps/smoke.toml
+
+test: setup             ## the fast test suite (what CI runs)
+	$(BIN)/python -m pytest
+
+test-all: setup         ## including tests marked slow
+	$(BIN)/python -m pytest -m ''
+
+plots: setup            ## regenerate every figure of every results/<sweep>/
+	$(BIN)/python -m analysis.make_plots results
+
+bench: setup            ## tokens/s and MFU on this machine
+	$(BIN)/scaling bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache results/smoke

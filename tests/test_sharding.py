@@ -1,0 +1,61 @@
+"""The same losses on 1 device and on a 4-device fsdp or dp mesh (simulated CPU devices)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+from conftest import REPO, tiny_sweep
+
+SCRIPT = textwrap.dedent("""
+    import dataclasses, json, sys
+    import jax
+    from scaling import sharding as shd, train as tr
+    from scaling.config import MeshConfig
+    from scaling.data import Batcher, open_source
+    from scaling.sweep import load_sweep
+
+    assert jax.device_count() == 4, jax.devices()
+    spec = load_sweep(sys.argv[1], device_count=4).runs[0]
+    source = open_source("stdlib")
+    out = {}
+    for name, mesh_cfg, micro in [("one", MeshConfig("dp", 1), 0), ("fsdp4", MeshConfig("fsdp", 4), 0),
+                                  ("dp4", MeshConfig("dp", 4), 0), ("fsdp4_accum", MeshConfig("fsdp", 4), 2)]:
+        s = dataclasses.replace(spec, mesh=mesh_cfg, train=dataclasses.replace(spec.train, micro_batch=micro))
+        mesh = shd.make_mesh(mesh_cfg)
+        program = tr.build_program(s, mesh)
+        params = program.init_params()
+        opt_state = program.init_opt_state(params)
+        if name == "fsdp4":
+            kernel = params["blocks/0/fc/kernel"]
+            out["fsdp_shard_shape"] = list(kernel.addressable_shards[0].data.shape)
+            out["kernel_shape"] = list(kernel.shape)
+        batcher = Batcher(source.train, s.model.seq_len, s.batch_size, 0)
+        shape = (program.n_micro, s.batch_size // program.n_micro, s.model.seq_len + 1)
+        losses = []
+        for step in range(4):
+            local = tr.micro_batches(batcher.batch(step), mesh.size, program.n_micro)
+            batch = tr.to_global(local, shd.batch_sharding(mesh), shape)
+            params, opt_state, m = program.train_step(params, opt_state, batch)
+            losses.append(float(m["loss"]))
+        out[name] = losses
+    print(json.dumps(out))
+""")
+
+
+def test_fsdp_and_dp_on_four_devices_match_one_device(tmp_path):
+    sweep = tiny_sweep(tmp_path)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(sweep)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    # fsdp really splits parameters: each device holds a quarter of the largest dimension.
+    assert out["fsdp_shard_shape"] != out["kernel_shape"]
+    assert sorted(out["fsdp_shard_shape"]) == sorted([out["kernel_shape"][0], out["kernel_shape"][1] // 4]) or \
+        sorted(out["fsdp_shard_shape"]) == sorted([out["kernel_shape"][0] // 4, out["kernel_shape"][1]])
+    for name in ("fsdp4", "dp4", "fsdp4_accum"):
+        for a, b in zip(out[name], out["one"]):
+            assert abs(a - b) <= 1e-5, (name, out[name], out["one"])
+    assert out["one"][-1] < out["one"][0]
