@@ -132,6 +132,8 @@ def cmd_status(args) -> int:
         except Exception:  # noqa: BLE001 - a damaged file is shown, not fatal
             table.add_row(path.parent.name, "", "", "", "unreadable", "", "", "", "")
             continue
+        if r["status"] == "running" and _lock_is_free(path.parent):
+            r["status"] = "interrupted"  # no process holds the run's lock: rerun the sweep to resume it
         counts[r["status"]] = counts.get(r["status"], 0) + 1
         fmt = lambda v, f: "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, f)
         table.add_row(r["run_id"], fmt(r.get("n_params_nonembed"), ","), fmt(r.get("target_tokens"), ".3g"),
@@ -142,6 +144,15 @@ def cmd_status(args) -> int:
     console.print(table)
     console.print(", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return 0
+
+
+def _lock_is_free(run_path: Path) -> bool:
+    from scaling.records import RunLock
+    lock = RunLock(run_path)
+    if lock.acquire():
+        lock.release()
+        return True
+    return False
 
 
 def cmd_bench(args) -> int:
