@@ -1,0 +1,188 @@
+"""`scaling fit` and `scaling table`: fitted laws and runs as markdown, CSV or LaTeX.
+
+    scaling fit RESULTS_DIR --law kaplan|chinchilla [--approach 1|2|3] [--bootstrap N] [--format md|csv|latex]
+    scaling table RESULTS_DIR [--format md|csv|latex] [--bootstrap N]
+
+The `scaling` console script calls `fit_command(argv)` / `table_command(argv)`. A user's mistake
+(a missing folder, no runs, too few points for a law) prints one line to stderr and returns 2.
+RESULTS_DIR may be one sweep's folder or a parent of several; each sweep is fitted on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from analysis import tables
+from analysis.chinchilla import fit_chinchilla
+from analysis.fit_result import DEFAULT_BOOTSTRAP, Fit
+from analysis.kaplan import fit_kaplan
+from analysis.records import load_history, load_runs
+
+
+class UsageError(Exception):
+    """A mistake in the command line or the data: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage + message over several lines and exits
+        raise UsageError(message)
+
+
+def fit_command(argv: list[str]) -> int:
+    parser = _Parser(prog="scaling fit", description="Fit Kaplan or Chinchilla scaling laws to a results folder "
+                                                     "and print them as a table.")
+    parser.add_argument("results_dir", help="a sweep's results folder, or a parent of several")
+    parser.add_argument("--law", required=True, choices=["kaplan", "chinchilla"])
+    parser.add_argument("--approach", type=int, choices=[1, 2, 3],
+                        help="Chinchilla approach (default: every approach the data supports)")
+    parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP,
+                        help=f"bootstrap replicates for the 95%% intervals (default {DEFAULT_BOOTSTRAP})")
+    parser.add_argument("--format", default="md", choices=list(tables.FORMATS))
+    return _run(parser, argv, _fit)
+
+
+def table_command(argv: list[str]) -> int:
+    parser = _Parser(prog="scaling table", description="Print the runs of a results folder and the laws they "
+                                                       "support as markdown, CSV or LaTeX.")
+    parser.add_argument("results_dir", help="a sweep's results folder, or a parent of several")
+    parser.add_argument("--format", default="md", choices=list(tables.FORMATS))
+    parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP,
+                        help=f"bootstrap replicates for the fits' 95%% intervals (default {DEFAULT_BOOTSTRAP})")
+    return _run(parser, argv, _table)
+
+
+def _run(parser: _Parser, argv, command) -> int:
+    with _one_line_warnings():
+        try:
+            args = parser.parse_args(argv)
+            if args.bootstrap < 0:
+                raise UsageError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+            print(command(args), end="")
+        except SystemExit as exc:  # --help
+            return int(exc.code or 0)
+        except (UsageError, ValueError, FileNotFoundError) as exc:
+            print(f"{parser.prog}: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """Record warnings (a skipped corrupt file) as one stderr line each, not file:line + source."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {_one_line(message) if isinstance(message, Exception) else message}", file=sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
+def _records(results_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    runs = load_runs(results_dir)
+    if runs.empty:
+        raise UsageError(f"no runs under {results_dir} (expected <sweep>/runs/<run_id>/summary.parquet)")
+    return runs, load_history(results_dir)
+
+
+def _by_sweep(frame: pd.DataFrame) -> dict:
+    if frame.empty or "sweep" not in frame:
+        return {None: frame}
+    return dict(iter(frame.groupby("sweep", sort=True)))
+
+
+def _law_of(runs: pd.DataFrame) -> str:
+    budgets = pd.to_numeric(runs["flops_budget"], errors="coerce") if "flops_budget" in runs else pd.Series([])
+    return "chinchilla" if np.isfinite(budgets).any() else "kaplan"
+
+
+def _fits_for(law: str, runs: pd.DataFrame, history: pd.DataFrame, approaches, bootstrap: int) -> list[Fit]:
+    """Fits of one sweep. Approaches not asked for by name are skipped when the data cannot
+    support them; one asked for by name that fails raises."""
+    curves = history if not history.empty else runs
+    if law == "kaplan":
+        return list(fit_kaplan(curves, bootstrap=bootstrap).values())
+    fits, errors = [], []
+    for approach in approaches or (1, 2, 3):
+        try:
+            fits.append(fit_chinchilla(curves if approach == 1 else runs, approach=approach, bootstrap=bootstrap))
+        except ValueError as exc:
+            if approaches:
+                raise
+            errors.append(f"approach {approach}: {_one_line(exc)}")
+    if not fits:
+        raise UsageError("; ".join(errors))
+    return fits
+
+
+def _sweep_fits(runs, history, law, approaches, bootstrap) -> list[tuple[str | None, list[Fit]]]:
+    """[(sweep, fits)] for every sweep that can be fitted (law None: chosen per sweep). With one
+    sweep its error is the command's; with several, a failing sweep is a warning."""
+    sweeps, histories = _by_sweep(runs), _by_sweep(history)
+    out, problems = [], []
+    for sweep, sweep_runs in sweeps.items():
+        sweep_law = law or _law_of(sweep_runs)
+        try:
+            out.append((sweep, _fits_for(sweep_law, sweep_runs, histories.get(sweep, pd.DataFrame()),
+                                         approaches, bootstrap)))
+        except (UsageError, ValueError) as exc:
+            if len(sweeps) == 1:
+                raise
+            problems.append(f"{sweep}: {_one_line(exc)}")
+    for problem in problems:
+        print(f"warning: no fit for {problem}", file=sys.stderr)
+    if not out:
+        raise UsageError("no sweep could be fitted: " + "; ".join(problems))
+    return out
+
+
+def _fits_text(sweep_fits, format: str) -> str:
+    if format == "csv":
+        frames = []
+        for sweep, fits in sweep_fits:
+            frame = tables.fits_frame(fits)
+            if sweep is not None:
+                frame.insert(0, "sweep", sweep)
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True).to_csv(index=False)
+    parts = []
+    for sweep, fits in sweep_fits:
+        if len(sweep_fits) > 1:
+            parts.append(f"% {sweep}\n" if format == "latex" else f"### {sweep}\n\n")
+        parts.append(tables.fits_table(fits, format))
+    return "".join(parts)
+
+
+def _fit(args) -> str:
+    if args.law == "kaplan" and args.approach:
+        raise UsageError("--approach applies to --law chinchilla only")
+    runs, history = _records(args.results_dir)
+    approaches = (args.approach,) if args.approach else None
+    return _fits_text(_sweep_fits(runs, history, args.law, approaches, args.bootstrap), args.format)
+
+
+def _table(args) -> str:
+    """The runs table, then the fits each sweep supports (a sweep with none is a warning)."""
+    runs, history = _records(args.results_dir)
+    runs_text = tables.runs_table(runs, args.format)
+    try:
+        fits_text = _fits_text(_sweep_fits(runs, history, None, None, args.bootstrap), args.format)
+    except (UsageError, ValueError) as exc:
+        print(f"warning: no fits: {_one_line(exc)}", file=sys.stderr)
+        fits_text = ""
+    if args.format == "md":
+        return f"## Runs\n\n{runs_text}" + (f"\n## Fits\n\n{fits_text}" if fits_text else "")
+    return runs_text + ("\n" + fits_text if fits_text else "")

@@ -1,0 +1,141 @@
+"""`python -m analysis.make_plots [RESULTS_ROOT] [--bootstrap N]` (what `make plots` runs): every figure of every sweep.
+
+For each `RESULTS_ROOT/<sweep>/` with a `runs/` folder (or RESULTS_ROOT itself, if it is one),
+the figures its records support are written to `<sweep>/figures/` as PNG and PDF:
+
+    learning_curves                      always
+    kaplan_figure1, kaplan_residuals     runs of a Kaplan grid (grid == "kaplan", or no flops_budget)
+    isoflop, chinchilla_approach3,       runs with an IsoFLOP budget (flops_budget)
+    chinchilla_residuals
+
+From records only, deterministically: fixed bootstrap seeds, the Agg backend, and no dates in the
+files' metadata. A figure the data cannot support is skipped with one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis import plots  # noqa: E402
+from analysis.chinchilla import fit_chinchilla  # noqa: E402
+from analysis.fit_result import DEFAULT_BOOTSTRAP  # noqa: E402
+from analysis.kaplan import fit_kaplan  # noqa: E402
+from analysis.records import load_history, load_runs  # noqa: E402
+
+PNG_DPI = 150
+# No creation date (PDF) and no version string (PNG): the same records give the same bytes.
+PDF_METADATA = {"CreationDate": None, "Producer": None, "Creator": None}
+PNG_METADATA = {"Software": None}
+
+
+def sweep_dirs(root: Path) -> list[Path]:
+    if (root / "runs").is_dir():
+        return [root]
+    return sorted(p for p in root.iterdir() if (p / "runs").is_dir())
+
+
+def save(fig, folder: Path, name: str) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    png, pdf = folder / f"{name}.png", folder / f"{name}.pdf"
+    fig.savefig(png, dpi=PNG_DPI, metadata=PNG_METADATA)
+    fig.set_layout_engine("none")  # keep the layout the PNG solved: the PDF has the same size in inches
+    fig.savefig(pdf, metadata=PDF_METADATA)
+    return [png, pdf]
+
+
+def sweep_figures(sweep_dir: Path, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> list[Path]:
+    """Write every figure the sweep's records support; returns the files written."""
+    runs, history = load_runs(sweep_dir), load_history(sweep_dir)
+    out = sweep_dir / "figures"
+    written: list[Path] = []
+    if runs.empty:
+        print(f"{sweep_dir}: no runs, no figures", file=sys.stderr)
+        return written
+    curves = history if not history.empty else runs
+
+    def attempt(name, make):
+        try:
+            written.extend(save(make(), out, name))
+        except ValueError as exc:
+            print(f"{sweep_dir}: skipped {name}: {' '.join(str(exc).split())}", file=sys.stderr)
+
+    # An IsoFLOP sweep's curves are read against compute (each budget ends on one vertical line).
+    isoflop_only = bool(_isoflop_mask(runs).all())
+    attempt("learning_curves", lambda: plots.learning_curves(curves, x="flops" if isoflop_only else "tokens",
+                                                             param_count="all" if isoflop_only else "nonembed"))
+
+    kaplan_ids = runs.loc[_kaplan_mask(runs), "run_id"]
+    if len(kaplan_ids):
+        kaplan_curves = curves.loc[curves["run_id"].isin(kaplan_ids)]
+        kaplan = {}
+
+        def kaplan_fits():
+            if "fits" not in kaplan:
+                kaplan["fits"] = fit_kaplan(kaplan_curves, bootstrap=bootstrap, seed=seed)
+            return kaplan["fits"]
+
+        attempt("kaplan_figure1", lambda: plots.kaplan_figure1(kaplan_curves, kaplan_fits()))
+        attempt("kaplan_residuals", lambda: plots.residuals(kaplan_fits()))
+
+    iso_ids = runs.loc[_isoflop_mask(runs), "run_id"]
+    if len(iso_ids):
+        iso_runs = runs.loc[runs["run_id"].isin(iso_ids)]
+        iso_curves = curves.loc[curves["run_id"].isin(iso_ids)]
+        fits = {}
+        for approach, data in ((1, iso_curves), (2, iso_runs), (3, iso_runs)):
+            try:
+                fits[approach] = fit_chinchilla(data, approach=approach, bootstrap=bootstrap, seed=seed)
+            except ValueError as exc:
+                print(f"{sweep_dir}: no Chinchilla approach {approach}: {' '.join(str(exc).split())}",
+                      file=sys.stderr)
+        attempt("isoflop", lambda: plots.isoflop(iso_runs, list(fits.values())))
+        if 3 in fits:
+            attempt("chinchilla_approach3", lambda: plots.chinchilla_fit(fits[3]))
+        if fits:
+            attempt("chinchilla_residuals", lambda: plots.residuals([fits[k] for k in sorted(fits)]))
+    return written
+
+
+def _isoflop_mask(runs: pd.DataFrame) -> pd.Series:
+    if "flops_budget" not in runs:
+        return pd.Series(False, index=runs.index)
+    return pd.Series(np.isfinite(pd.to_numeric(runs["flops_budget"], errors="coerce")), index=runs.index)
+
+
+def _kaplan_mask(runs: pd.DataFrame) -> pd.Series:
+    if "grid" in runs and runs["grid"].notna().any():
+        return runs["grid"] == "kaplan"
+    return ~_isoflop_mask(runs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.make_plots",
+                                     description="Regenerate every figure of every results/<sweep>/.")
+    parser.add_argument("results_root", nargs="?", default="results")
+    parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP,
+                        help=f"bootstrap replicates behind the intervals in legends (default {DEFAULT_BOOTSTRAP})")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    root = Path(args.results_root)
+    if not root.is_dir():
+        print(f"make_plots: error: no results folder at {root}", file=sys.stderr)
+        return 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        for sweep_dir in sweep_dirs(root):
+            for path in sweep_figures(sweep_dir, bootstrap=args.bootstrap):
+                print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
