@@ -90,14 +90,35 @@ def _fit_l_n(rows, n_col, c_col, loss, bootstrap, seed, **_):
     return _with_ids(fit, best)
 
 
-def _fit_l_d(rows, n_col, c_col, loss, bootstrap, seed, **_):
-    final = final_rows(rows)
+def _after_warmup(rows: pd.DataFrame, warmup_fraction: float) -> pd.DataFrame:
+    last_step = rows.groupby("run_id")["step"].transform("max")
+    return rows.loc[rows["step"] >= warmup_fraction * last_step]
+
+
+def _single_data_size(final: pd.DataFrame) -> bool:
     group = "target_tokens" if "target_tokens" in final and final["target_tokens"].notna().all() else "tokens"
-    best = best_per_group(final, group, loss)
-    require(len(best) >= 2, f"L(D): a single data size ({best['tokens'].iloc[0]:.4g} tokens); need at least two")
+    return final[group].nunique() < 2
+
+
+def _fit_l_d(rows, n_col, c_col, loss, bootstrap, seed, *, warmup_fraction=0.1, **_):
+    """Per data size, the best final loss over model sizes. When the grid has one data size and
+    learning curves are given, the points are instead the data-limited envelope of the curves: at
+    each evaluated token count, the least loss over all models (Kaplan et al. 2020 Sec. 5 read
+    L(N, S) off learning curves the same way). Such points come from runs whose learning rate has
+    not finished decaying, so they sit slightly above a run trained to exactly D."""
+    final = final_rows(rows)
+    source = "final loss per data size"
+    if _single_data_size(final) and is_history(rows):
+        best = best_per_group(_after_warmup(rows, warmup_fraction), "tokens", loss)
+        source = "learning-curve envelope (best loss over models at each token count)"
+    else:
+        group = "target_tokens" if "target_tokens" in final and final["target_tokens"].notna().all() else "tokens"
+        best = best_per_group(final, group, loss)
+    require(len(best) >= 2, f"L(D): a single data size ({best['tokens'].iloc[0]:.4g} tokens); need at least two "
+                            "(or pass learning curves from load_history)")
     fit = fit_power_law(best["tokens"], best[loss], bootstrap=bootstrap, seed=seed, x_name="D", y_name="L",
                         law="L(D)")
-    return _with_ids(fit, best)
+    return dataclasses.replace(_with_ids(fit, best), settings={"points": source})
 
 
 def _with_ids(fit: Fit, rows: pd.DataFrame) -> Fit:
@@ -219,8 +240,14 @@ def joint_allocation(params, C):
     return n_opt, C / (6 * n_opt)
 
 
-def _fit_joint(rows, n_col, c_col, loss, bootstrap, seed, **_):
+def _fit_joint(rows, n_col, c_col, loss, bootstrap, seed, *, warmup_fraction=0.1, **_):
+    """Final losses of an N x D grid; with one data size and learning curves given, every curve's
+    points after warmup (each point is (N, tokens so far, loss); see `_fit_l_d` for the caveat)."""
     final = final_rows(rows)
+    source = "final loss of each run"
+    if _single_data_size(final) and is_history(rows):
+        final = _after_warmup(rows, warmup_fraction)
+        source = "learning-curve points after warmup"
     n, d, l = (final[c].to_numpy(float) for c in (n_col, "tokens", loss))
     enough_points(len(final), 4, "L(N,D)")
     require(np.unique(n).size >= 2, f"L(N,D): a single model size ({n[0]:.4g} parameters); need at least two")
@@ -235,7 +262,12 @@ def _fit_joint(rows, n_col, c_col, loss, bootstrap, seed, **_):
     best = theta[np.argmin(cost)]
     samples = None
     if bootstrap and len(n) > 4:  # 4 points, 4 parameters: an exact fit, no interval
-        counts = resample_counts(len(n), bootstrap, seed)
+        if "run_id" in final and final["run_id"].duplicated().any():
+            # Learning-curve points of one run are not independent: resample whole runs.
+            codes, ids = pd.factorize(final["run_id"])
+            counts = resample_counts(len(ids), bootstrap, seed)[:, codes]
+        else:
+            counts = resample_counts(len(n), bootstrap, seed)
         boot, _ = levenberg_marquardt(residuals, np.repeat(best[None], bootstrap, axis=0), counts)
         samples = pd.DataFrame(_joint_params(boot), columns=JOINT_NAMES + ["a_opt", "alpha_C"])
     values = _joint_params(best[None])[0]
@@ -247,6 +279,6 @@ def _fit_joint(rows, n_col, c_col, loss, bootstrap, seed, **_):
         law="L(N,D)",
         formula="L = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D; N_opt ∝ C^a_opt",
         inputs=("N", "D"), params=params, intervals=intervals_from(samples, params),
-        data=data, dropped=dropped_frame([]), quality=log_quality(ln_l, log_pred), settings={},
+        data=data, dropped=dropped_frame([]), quality=log_quality(ln_l, log_pred), settings={"points": source},
         model=joint_loss, allocation=joint_allocation, samples=samples,
     )

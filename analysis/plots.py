@@ -20,7 +20,7 @@ from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogFormatter
+from matplotlib.ticker import LogFormatterSciNotation, LogFormatter
 
 from analysis.fit_result import Fit, FitSet, as_fit_list
 from analysis.select import final_rows, is_history, param_column, run_status
@@ -71,9 +71,17 @@ def kaplan_figure1(records: pd.DataFrame, fits: FitSet | None = None, *, loss: s
     ax_c.set_xlabel(COMPUTE_LABELS.get(c_col, c_col))
     ax_c.set_title("Compute")
 
-    ax_d.scatter(final["tokens"], final[loss], c=final[n_col], cmap=SIZE_CMAP, norm=norm, s=14, alpha=0.45,
-                 label="every run (colour: N)")
-    _law_panel(ax_d, fits, "L(D)", "D", "best run per data size")
+    envelope = "L(D)" in fits and "envelope" in fits["L(D)"].settings.get("points", "")
+    if envelope:  # one data size: L(D) was read off the learning curves, so draw them
+        for _, run in complete.groupby("run_id"):
+            run = run.sort_values("step")
+            ax_d.plot(run["tokens"], run[loss], color=colormaps[SIZE_CMAP](norm(run[n_col].iloc[0])),
+                      alpha=0.35, lw=0.8)
+    else:
+        ax_d.scatter(final["tokens"], final[loss], c=final[n_col], cmap=SIZE_CMAP, norm=norm, s=14, alpha=0.45,
+                     label="every run (colour: N)")
+    _law_panel(ax_d, fits, "L(D)", "D",
+               "best over models at each token count" if envelope else "best run per data size")
     ax_d.set_xlabel("Dataset size D (tokens)")
     ax_d.set_title("Dataset size")
 
@@ -84,7 +92,7 @@ def kaplan_figure1(records: pd.DataFrame, fits: FitSet | None = None, *, loss: s
     ax_n.set_title("Parameters")
 
     for ax in (ax_c, ax_d, ax_n):
-        ax.set_xscale("log")
+        _log_x(ax)
         _log_loss_axis(ax)
         ax.grid(True, which="major", alpha=0.3)
     ax_c.set_ylabel(LOSS_LABEL)
@@ -126,7 +134,7 @@ def learning_curves(history: pd.DataFrame, *, x: str = "tokens", loss: str = "va
     if (status != "complete").any():
         ax.plot([], [], color="0.4", ls=":", label="not complete (diverged, failed or running)")
         ax.legend(fontsize=8)
-    ax.set_xscale("log")
+    _log_x(ax)
     _log_loss_axis(ax)
     ax.set_xlabel(X_LABELS.get(x, x))
     ax.set_ylabel(LOSS_LABEL)
@@ -176,7 +184,7 @@ def isoflop(runs: pd.DataFrame, fits=None, *, loss: str = "val_loss") -> Figure:
     ax_p.scatter([], [], s=20, color="0.5", label="final loss of a run")
     ax_p.plot([], [], color="0.5", label="parabola in ln N")
     ax_p.scatter([], [], marker="*", s=100, color="white", edgecolor="black", label="its minimum")
-    ax_p.set_xscale("log")
+    _log_x(ax_p)
     ax_p.set_xlabel(PARAM_LABELS.get(n_col, n_col))
     ax_p.set_ylabel(f"Final {LOSS_LABEL[0].lower()}{LOSS_LABEL[1:]}")
     ax_p.set_title("IsoFLOP profiles")
@@ -216,7 +224,7 @@ def isoflop(runs: pd.DataFrame, fits=None, *, loss: str = "val_loss") -> Figure:
                        zorder=3)
             ax.plot(c_grid, line, color=color, lw=1.6, ls="--" if approach == 1 else "-", label=label)
     for ax, what in ((ax_n, r"Optimal parameters $N_{opt}$"), (ax_d, r"Optimal tokens $D_{opt}$")):
-        ax.set_xscale("log")
+        _log_x(ax)
         ax.set_yscale("log")
         ax.set_xlabel(COMPUTE_LABELS["flops_budget"])
         ax.grid(True, which="major", alpha=0.3)
@@ -269,7 +277,7 @@ def chinchilla_fit(fit: Fit) -> Figure:
     ax_o.plot(lims, lims, color=FIT_COLOR, lw=1.5, ls="--", label="observed = predicted\n" + law_label(fit))
     ax_o.set_xlim(lims)
     ax_o.set_ylim(lims)
-    ax_o.set_xscale("log")
+    _log_x(ax_o)
     ax_o.set_yscale("log")
     for axis in (ax_o.xaxis, ax_o.yaxis):
         axis.set_major_formatter(LogFormatter())
@@ -303,7 +311,7 @@ def chinchilla_fit(fit: Fit) -> Figure:
         ax_c.plot(n_grid, c / (6 * n_grid), color="0.85", lw=0.8, ls=":", label="IsoFLOP lines (C = 6ND)" if i == 0 else None)
     ax_c.set_xlim(n_grid[0], n_grid[-1])
     ax_c.set_ylim(d_grid[0], d_grid[-1])
-    ax_c.set_xscale("log")
+    _log_x(ax_c)
     ax_c.set_yscale("log")
     ax_c.set_xlabel(f"Parameters N ({fit.settings.get('N', 'N')})")
     ax_c.set_ylabel("Training tokens D")
@@ -330,7 +338,7 @@ def residuals(fits) -> Figure:
             label = {"residual": None, "residual_N_opt": r"$N_{opt}$", "residual_D_opt": r"$D_{opt}$"}[col]
             ax.scatter(x, fit.data[col], s=14, alpha=0.7, label=label)
         ax.axhline(0, color="black", lw=0.8)
-        ax.set_xscale("log")
+        _log_x(ax)
         ax.set_xlabel(_input_label(fit, name))
         ax.set_ylabel("ln(observed / predicted)")
         ax.set_title(f"{fit.law}: rmse {fit.quality.get('rmse_log', fit.quality.get('rmse_log_N_opt', np.nan)):.3g}",
@@ -411,6 +419,12 @@ def _size_norm(sizes) -> LogNorm:
 
 def _size_mappable(norm):
     return ScalarMappable(norm=norm, cmap=SIZE_CMAP)
+
+
+def _log_x(ax) -> None:
+    """A log x axis; past half a decade only the powers of ten are labelled, so tick labels never collide."""
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(LogFormatterSciNotation(minor_thresholds=(0.5, 0.25)))
 
 
 def _log_loss_axis(ax) -> None:

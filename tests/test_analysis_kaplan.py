@@ -90,3 +90,20 @@ def test_summaries_alone_give_a_frontier_of_final_points():
     fits = fit_kaplan(runs, bootstrap=0, keep_edge_models=True)
     assert set(fits) == {"L(N)", "L(D)", "L(C_min)", "L(N,D)"}
     assert fits["L(C_min)"].settings["curves"] is False
+
+
+def test_one_data_size_reads_l_of_d_and_the_joint_law_off_the_learning_curves():
+    # The shipped CPU sweep trains every size on one D; its learning curves still carry L(D) (the
+    # envelope over models at each token count, led by the largest model) and the joint law.
+    history = kaplan_records(LAW, n_params_nonembed=np.geomspace(1e9, 1e11, 3), tokens=[1e9], seed=0, n_evals=30)
+    fits = fit_kaplan(history, laws=["D", "ND"], bootstrap=100)
+    l_d = fits["L(D)"]
+    assert "envelope" in l_d.settings["points"]
+    assert l_d.n_points >= 10
+    assert abs(l_d.params["alpha_D"] - LAW.alpha_D) < 0.01
+    joint = fits["L(N,D)"]
+    assert "learning-curve" in joint.settings["points"]
+    assert abs(joint.params["alpha_D"] - LAW.alpha_D) < 0.02
+    # Only final rows of summaries: one data size is still an error, naming the problem.
+    with pytest.raises(ValueError, match="single data size"):
+        fit_kaplan(history.groupby("run_id").tail(1).assign(step=1), laws=["D"])
