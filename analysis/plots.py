@@ -155,9 +155,12 @@ def isoflop(runs: pd.DataFrame, fits=None, *, loss: str = "val_loss") -> Figure:
     fits = [] if fits is None else as_fit_list(fits)
     by_approach = {f.settings.get("approach"): f for f in fits}
     if 2 not in by_approach:
-        by_approach[2] = fit_chinchilla(runs, approach=2, loss=loss, bootstrap=0)
-    fit2 = by_approach[2]
-    n_col = fit2.settings["N"]
+        try:
+            by_approach[2] = fit_chinchilla(runs, approach=2, loss=loss, bootstrap=0)
+        except ValueError:
+            pass  # too few convex profiles for approach 2: draw the profiles and the other optima
+    fit2 = by_approach.get(2)
+    n_col = next(iter(by_approach.values())).settings["N"] if by_approach else "n_params"
     final = final_rows(runs)
     final = final.loc[np.isfinite(final["flops_budget"].to_numpy(float)) & np.isfinite(final[loss])]
     if "status" in final:
@@ -169,7 +172,7 @@ def isoflop(runs: pd.DataFrame, fits=None, *, loss: str = "val_loss") -> Figure:
     fig = Figure(figsize=(15.5, 4.6), layout="constrained")
     fig.get_layout_engine().set(wspace=0.08)  # room between the budget colour bar and the next panel
     ax_p, ax_n, ax_d = fig.subplots(1, 3)
-    parabolas = fit2.data.set_index("C")
+    parabolas = fit2.data.set_index("C") if fit2 is not None else pd.DataFrame()
     for budget in budgets:
         color = cmap(norm(budget))
         group = final.loc[final["flops_budget"] == budget].sort_values(n_col)
@@ -182,8 +185,9 @@ def isoflop(runs: pd.DataFrame, fits=None, *, loss: str = "val_loss") -> Figure:
             ax_p.scatter([row["N_opt"]], [parabola_min(row)], marker="*", s=140, color=color,
                          edgecolor="black", zorder=4)
     ax_p.scatter([], [], s=20, color="0.5", label="final loss of a run")
-    ax_p.plot([], [], color="0.5", label="parabola in ln N")
-    ax_p.scatter([], [], marker="*", s=100, color="white", edgecolor="black", label="its minimum")
+    if len(parabolas):
+        ax_p.plot([], [], color="0.5", label="parabola in ln N")
+        ax_p.scatter([], [], marker="*", s=100, color="white", edgecolor="black", label="its minimum")
     _log_x(ax_p)
     ax_p.set_xlabel(PARAM_LABELS.get(n_col, n_col))
     ax_p.set_ylabel(f"Final {LOSS_LABEL[0].lower()}{LOSS_LABEL[1:]}")
