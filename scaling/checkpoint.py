@@ -52,5 +52,11 @@ class Checkpoints:
         self.manager.close()
 
     def delete_all(self) -> None:
+        """Multi-host: every process closes its manager, then process 0 alone deletes the folder."""
+        import jax
         self.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("scaling:delete-checkpoints")
+        if jax.process_index() == 0:
+            shutil.rmtree(self.folder, ignore_errors=True)

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from scaling.config import ConfigError
+from scaling.config import LAUNCHERS, ConfigError
 
 USAGE_ERROR = 2
 
@@ -33,26 +33,67 @@ def _device_count() -> int:
     return jax.device_count()
 
 
-def _load(path: str, only: list[str] | None = None):
-    from scaling.sweep import load_sweep
-    sweep = load_sweep(path, device_count=_device_count())
+def _load(path: str, only: list[str] | None = None, args=None):
+    """The sweep with command-line launcher settings applied, checked against the devices one run
+    will get: this machine's for the local launcher, the sweep file's [slurm] / [ray] request else."""
+    from scaling.sweep import check_devices, load_sweep
+    sweep = load_sweep(path)
+    if args is not None:
+        sweep = _with_launcher_flags(sweep, args)
+    devices = sweep.devices_per_run(getattr(args, "launcher", None) or sweep.launcher)
+    check_devices(sweep, _device_count() if devices is None else devices)
     runs = sweep.select(only) if only else sweep.runs
     if not runs:
         raise ConfigError(path, "", f"no run matches --only {' '.join(only)}")
     return sweep, runs
 
 
+def _with_launcher_flags(sweep, args):
+    """[slurm] and [ray] settings replaced by the flags given. (No launcher module is imported here:
+    submitit reconfigures logging when imported, which only the slurm launcher needs.)"""
+    import dataclasses
+    slurm = {k: v for k, v in dict(partition=args.partition, account=args.account, nodes=args.nodes,
+                                   gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
+                                   mem_gb=args.mem_gb, time_min=args.time_min).items() if v is not None}
+    if slurm:
+        sweep = dataclasses.replace(sweep, slurm=dataclasses.replace(sweep.slurm, **slurm))
+    if args.ray_address:
+        sweep = dataclasses.replace(sweep, ray=dataclasses.replace(sweep.ray, address=args.ray_address))
+    return sweep
+
+
 def cmd_sweep(args) -> int:
-    sweep, runs = _load(args.sweep, args.only)
+    sweep, runs = _load(args.sweep, args.only, args)
+    launcher = args.launcher or sweep.launcher
     if args.dry_run:
         _print_plan(sweep, runs)
+        if launcher == "slurm":
+            from scaling import slurm
+            from scaling.launch import SweepReport, pending_runs
+            todo = pending_runs(sweep, runs, SweepReport())
+            print(f"\n# The batch script that --launcher slurm would submit for the {len(todo)} unfinished runs:")
+            print(slurm.sbatch_script(sweep, len(todo), args.max_parallel or sweep.max_parallel) if todo else
+                  "# (none: every run is complete)")
         return 0
-    from scaling.launch import run_local
+    from scaling.launch import LaunchError
     t0 = time.perf_counter()
-    report = run_local(sweep, runs, max_parallel=args.max_parallel, quiet=args.quiet)
+    try:
+        if launcher == "slurm":
+            from scaling.slurm import run_slurm
+            report = run_slurm(sweep, runs, max_parallel=args.max_parallel, wait=args.wait, quiet=args.quiet)
+        elif launcher == "ray":
+            from scaling.ray_launcher import run_ray
+            report = run_ray(sweep, runs, max_parallel=args.max_parallel, quiet=args.quiet)
+        else:
+            from scaling.launch import run_local
+            report = run_local(sweep, runs, max_parallel=args.max_parallel, quiet=args.quiet)
+    except LaunchError as e:
+        return _fail(str(e))
     for line in report.lines():
         print(line)
-    print(f"sweep {sweep.name}: {len(runs)} runs in {time.perf_counter() - t0:.1f} s; records in {sweep.out_dir}")
+    verb = "submitted" if not report.awaited else "ran"
+    print(f"sweep {sweep.name} ({launcher}): {verb} {len(report.submitted) or len(runs) - len(report.skipped)} of "
+          f"{len(runs)} runs in {time.perf_counter() - t0:.1f} s; records in {sweep.out_dir}")
     return 1 if report.failed else 0
 
 
@@ -88,30 +129,39 @@ def _print_plan(sweep, runs) -> None:
 
 
 def cmd_run(args) -> int:
-    from scaling.run import run_and_record
-    sweep, _ = _load(args.sweep)
-    matches = [s for s in sweep.runs if s.run_id == args.run_id]
-    if not matches:
-        return _fail(f"{args.sweep}: --run-id: no run {args.run_id!r} in this sweep (see --dry-run)")
-    spec = matches[0]
-    if args.progress == "jsonl":
-        from scaling.launch import die_with_parent
-        die_with_parent()
+    from scaling.distributed import DistributedError
+    from scaling.job import run_one
 
-        def on_step(event):
-            print(json.dumps({"event": "step", **event}), flush=True)
-        result = run_and_record(spec, sweep.out_dir, on_step=on_step)
-        print(json.dumps({"event": "done", "status": result["status"], "error": result.get("error")}), flush=True)
-    else:
-        from rich.progress import Progress
-        with Progress() as progress:
-            task = progress.add_task(spec.run_id, total=spec.steps)
+    def run(on_step):
+        return run_one(args.sweep, args.run_id, on_step=on_step, distributed=args.distributed,
+                       coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
+    try:
+        if args.progress == "jsonl":
+            from scaling.launch import die_with_parent
+            die_with_parent()
 
             def on_step(event):
-                progress.update(task, completed=event["step"],
-                                description=f"{spec.run_id} loss {event['loss']:.3f}")
-            result = run_and_record(spec, sweep.out_dir, on_step=on_step)
-        print(f"{result['status']} {spec.run_id}" + (f": {result['error']}" if result.get("error") else ""))
+                print(json.dumps({"event": "step", **event}), flush=True)
+            result = run(on_step)
+            print(json.dumps({"event": "done", "status": result["status"], "error": result.get("error")}), flush=True)
+        else:
+            from rich.progress import Progress
+            progress = Progress(transient=True)  # started at the first step: errors before it print alone
+
+            def on_step(event):
+                if not progress.task_ids:
+                    progress.start()
+                    progress.add_task(args.run_id, total=event["steps"])
+                progress.update(progress.task_ids[0], completed=event["step"],
+                                description=f"{args.run_id} loss {event['loss']:.3f}")
+            try:
+                result = run(on_step)
+            finally:
+                if progress.task_ids:
+                    progress.stop()
+            print(f"{result['status']} {args.run_id}" + (f": {result['error']}" if result.get("error") else ""))
+    except DistributedError as e:
+        return _fail(str(e))
     return 0 if result["status"] in ("complete", "diverged") else 1
 
 
@@ -176,12 +226,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run a subset: a glob over key=value labels or run ids, e.g. 'd_model=128*' (repeat to AND)")
     s.add_argument("--max-parallel", type=int, default=None, help="runs at once (default: the sweep file's)")
     s.add_argument("--quiet", "-q", action="store_true", help="plain log lines instead of progress bars")
+    s.add_argument("--launcher", choices=LAUNCHERS, default=None,
+                   help="where the runs go (default: the sweep file's [sweep] launcher, else local)")
+    s.add_argument("--wait", action="store_true",
+                   help="slurm: wait for the jobs and report each run's outcome (default: submit and return)")
+    g = s.add_argument_group("slurm (override the sweep file's [slurm] table)")
+    g.add_argument("--partition")
+    g.add_argument("--account")
+    g.add_argument("--nodes", type=_at_least(1), help="nodes per run")
+    g.add_argument("--gpus-per-node", type=_at_least(0), help="GPUs per node (one process each)")
+    g.add_argument("--cpus-per-task", type=_at_least(1))
+    g.add_argument("--mem-gb", type=_positive_float, help="memory per node, GB")
+    g.add_argument("--time-min", type=_at_least(1), help="time limit per job, minutes (a longer run is requeued "
+                   "and resumes from its checkpoint)")
+    s.add_argument("--ray-address", help="ray: the cluster to use (default: the sweep file's [ray] address, 'auto')")
     s.set_defaults(func=cmd_sweep)
 
     r = sub.add_parser("run", help="train one run of a sweep (what a launcher calls)")
     r.add_argument("sweep")
     r.add_argument("--run-id", required=True)
     r.add_argument("--progress", choices=("rich", "jsonl"), default="rich")
+    d = r.add_argument_group("multi-host: one run over several processes (give all three, on every process)")
+    d.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address, reachable from every process")
+    d.add_argument("--num-processes", type=_at_least(1), metavar="N")
+    d.add_argument("--process-id", type=_at_least(0), metavar="I")
+    d.add_argument("--distributed", choices=("auto", "on", "off"), default="auto",
+                   help="auto: join the other tasks of a SLURM step with several tasks; on: "
+                        "jax.distributed.initialize() with JAX's own detection (TPU pods, Open MPI); off: one process")
     r.set_defaults(func=cmd_run)
 
     st = sub.add_parser("status", help="a table of a results folder's runs")
@@ -199,6 +270,28 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("rest", nargs=argparse.REMAINDER)
         a.set_defaults(func=lambda args, n=name: _analysis(f"{n}_command", args.rest))
     return p
+
+
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

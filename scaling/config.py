@@ -3,8 +3,8 @@
 A `RunSpec` is everything that decides what a training run computes. Its `run_id` is a stable
 hash of the parts that change the science (shape, data, optimizer, schedule, tokens, seed,
 objective, precision), so a rerun of the same sweep finds its own folder. Execution details that
-do not change the losses beyond float noise (mesh, micro-batch, checkpoint interval) are kept out
-of the hash: the same run can resume on a different machine.
+do not change the losses beyond float noise (mesh, micro-batch, attention implementation,
+checkpoint interval) are kept out of the hash: the same run can resume on a different machine.
 """
 
 from __future__ import annotations
@@ -27,9 +27,14 @@ class ConfigError(Exception):
 
 SCHEDULES = ("cosine", "wsd", "constant")
 DTYPES = ("float32", "bfloat16", "float16")
-MESH_PRESETS = ("dp", "fsdp")
-SOURCES = ("stdlib", "text", "tokens")
-LAUNCHERS = ("local",)
+MESH_PRESETS = ("dp", "fsdp", "fsdp_tp")
+# The named axes of each preset's mesh, outermost first, and the axis that takes "the rest" of the
+# devices when no axis size is -1. Tensor is innermost: its devices are neighbours (one host, NVLink).
+MESH_AXES = {"dp": ("data",), "fsdp": ("fsdp",), "fsdp_tp": ("data", "fsdp", "tensor")}
+MESH_REST_AXIS = {"dp": "data", "fsdp": "fsdp", "fsdp_tp": "fsdp"}
+ATTENTION = ("xla", "dot_product_attention")
+SOURCES = ("stdlib", "text", "tokens", "synthetic")
+LAUNCHERS = ("local", "slurm", "ray")
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,44 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class SyntheticConfig:
+    """The known-entropy `synthetic` source: a Zipf-weighted mixture of random Markov chains of
+    several orders (scaling/synthetic.py; sweeps/README.md `[data.synthetic]`)."""
+
+    seed: int = 0
+    components: int = 256
+    zipf_exponent: float = 1.2
+    alphabet: int = 16
+    orders: tuple[int, ...] = (1, 2, 3)
+    concentration: float = 0.2
+    end_prob: float = 0.02
+    train_tokens: int = 4_000_000
+    val_tokens: int = 100_000
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task mixed into the training data and probed (scaling/tasks.py). `params` are the task
+    class's own settings as sorted (key, value) pairs, so the spec stays hashable."""
+
+    name: str
+    kind: str
+    weight: float = 1.0
+    params: tuple[tuple[str, object], ...] = ()
+
+
+@dataclass(frozen=True)
+class TasksConfig:
+    """Task documents mixed into the source at `rate` (a fraction of tokens), and their probes."""
+
+    rate: float = 0.1
+    heldout_fraction: float = 0.1
+    probe_items: int = 500
+    seed: int = 0
+    tasks: tuple[TaskSpec, ...] = ()
+
+
+@dataclass(frozen=True)
 class DataConfig:
     source: str = "stdlib"
     paths: tuple[str, ...] = ()
@@ -57,6 +100,22 @@ class DataConfig:
     val_fraction: float = 0.02
     data_seed: int = 0
     base_dir: str = "."
+    synthetic: SyntheticConfig | None = None  # source "synthetic" only
+    tasks: TasksConfig | None = None
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Generation at the end of a run from validation prompts (scaling/sampling.py)."""
+
+    prompts: int = 16
+    prompt_tokens: int = 32
+    new_tokens: int = 32
+    temperature: float = 0.8
+    top_k: int = 20
+    top_p: float = 0.9
+    beam: int = 4
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -88,6 +147,10 @@ class TrainConfig:
     entropy_coef: float = 0.0
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
+    # "xla": attention written out (einsum, float32 softmax). "dot_product_attention":
+    # jax.nn.dot_product_attention, cuDNN flash attention on GPUs that have it. Same math; float noise
+    # apart, so it stays out of run_id (like the mesh) and a run may resume under the other.
+    attention: str = "xla"
 
     def batch_size(self, seq_len: int) -> int:
         """Global batch in sequences."""
@@ -99,16 +162,120 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class MeshConfig:
-    """Device mesh. `dp`: params replicated, batch split over `data`. `fsdp`: params and batch
-    split over `fsdp`. A size of -1 takes every device."""
+    """Device mesh; see scaling/sharding.py for what each axis splits.
+
+    `dp`: one axis `data` (parameters replicated). `fsdp`: one axis `fsdp` (parameters, optimizer
+    state and batch split). `fsdp_tp`: axes `data` x `fsdp` x `tensor` (batch over data and fsdp,
+    parameters over fsdp, attention heads and MLP hidden units over tensor, Megatron style).
+
+    `size` is the number of devices the mesh uses (-1: all). An axis size of -1 takes the rest of
+    them; an axis left unset (None) is 1, except the preset's rest axis (`MESH_REST_AXIS`), which is
+    -1 when no axis is.
+    """
 
     preset: str = "dp"
     size: int = -1
+    data: int | None = None
+    fsdp: int | None = None
+    tensor: int | None = None
+
+    def axis_sizes(self, n_devices: int) -> dict[str, int]:
+        """{axis: size} for a machine with `n_devices` devices, in mesh order.
+
+        Raises MeshError (with the key to blame) when the mesh does not fit the devices."""
+        names = MESH_AXES[self.preset]
+        given = {a: getattr(self, a) for a in names if getattr(self, a) is not None}
+        for a in ("data", "fsdp", "tensor"):
+            if a not in names and getattr(self, a) is not None:
+                raise MeshError(a, f"the {self.preset} preset has no {a} axis (its axes: {', '.join(names)})")
+        rest = [a for a, v in given.items() if v == -1]
+        if len(rest) > 1:
+            raise MeshError(rest[1], f"only one axis may be -1 (the rest), got {', '.join(rest)}")
+        if not rest and MESH_REST_AXIS[self.preset] not in given:
+            rest = [MESH_REST_AXIS[self.preset]]
+        sizes = {a: given.get(a, 1) for a in names}
+        fixed = math.prod(v for a, v in sizes.items() if a not in rest)
+        if self.size != -1:
+            total = self.size
+        elif rest:
+            total = n_devices
+        else:
+            total = fixed
+        if rest:
+            if total % fixed:
+                named = " x ".join(f"{a}={v}" for a, v in sizes.items() if a not in rest)
+                where = f"the {total} available" if self.size == -1 else f"size = {total}"
+                raise MeshError(rest[0] if rest[0] in given else "size",
+                                f"{fixed} devices ({named}) do not divide {where}")
+            sizes[rest[0]] = total // fixed
+        elif fixed != total:
+            raise MeshError("size", f"{' x '.join(map(str, sizes.values()))} = {fixed} devices, not size = {total}")
+        if total > n_devices or n_devices % total:
+            raise MeshError("size", f"{total} devices do not divide the {n_devices} available")
+        return sizes
+
+    def describe(self) -> str:
+        """As written: `fsdp_tp(tensor=2)`; the resolved mesh is recorded per run (`mesh` column)."""
+        parts = [f"{a}={getattr(self, a)}" for a in ("data", "fsdp", "tensor") if getattr(self, a) is not None]
+        parts += [f"size={self.size}"] if self.size != -1 else []
+        return f"{self.preset}({', '.join(parts)})"
+
+
+class MeshError(ValueError):
+    """A mesh that does not fit the devices; `axis` is the [mesh] key to blame."""
+
+    def __init__(self, axis: str, message: str):
+        self.axis = axis
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    """`[slurm]`: how the slurm launcher asks for resources (one job array per sweep, via submitit).
+
+    One run gets `nodes` x `gpus_per_node` devices; a run spanning several GPUs runs one process per
+    GPU (`tasks_per_node = gpus_per_node`), which `jax.distributed.initialize()` auto-detects."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    nodes: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    time_min: int = 60
+    max_timeouts: int = 3  # requeues after hitting the time limit (preemptions requeue without limit)
+    signal_delay_s: int = 120  # SIGUSR2 this long before the limit: time to requeue
+    setup: tuple[str, ...] = ()  # shell lines run before the job (module load, source .venv/bin/activate)
+    folder: str | None = None  # submitit's logs and pickles; default <out_dir>/slurm
+
+    @property
+    def tasks_per_node(self) -> int:
+        return max(1, self.gpus_per_node)
+
+    def devices_per_run(self) -> int:
+        return self.nodes * max(1, self.gpus_per_node)
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """`[ray]`: an existing Ray cluster (`address`), and what one run (one task) asks for."""
+
+    address: str = "auto"
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+    def devices_per_run(self) -> int:
+        return max(1, int(self.num_gpus))
 
 
 # Fields that do not enter run_id: they change how a run executes, not what it computes.
 _EXECUTION_ONLY = {"mesh", "sweep", "train.micro_batch", "train.checkpoint_every", "train.keep_checkpoints",
-                   "data.base_dir"}
+                   "train.attention", "data.base_dir"}
+# Optional instruments, hashed only when set: a sweep without them keeps the run ids it had before
+# they existed.
+_HASHED_WHEN_SET = {"data.synthetic", "data.tasks", "sampling"}
 
 
 @dataclass(frozen=True)
@@ -122,6 +289,7 @@ class RunSpec:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     seed: int = 0
     flops_budget: float | None = None
+    sampling: SamplingConfig | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -143,6 +311,13 @@ class RunSpec:
             for p in parents:
                 node = node[p]
             node.pop(leaf, None)
+        for dotted in _HASHED_WHEN_SET:
+            node = science
+            *parents, leaf = dotted.split(".")
+            for p in parents:
+                node = node[p]
+            if node.get(leaf) is None:
+                node.pop(leaf, None)
         digest = hashlib.sha256(json.dumps(science, sort_keys=True).encode()).hexdigest()[:8]
         m = self.model
         return f"L{m.n_layer}-d{m.d_model}-t{_short(self.train.tokens)}-s{self.seed}-{digest}"

@@ -5,6 +5,10 @@ Sources (DESIGN.md, "Data sources"):
 - ``stdlib`` (default): the running Python's standard-library ``*.py`` files, as bytes (vocab 256).
 - ``text``: the user's files or globs, as bytes.
 - ``tokens``: one flat ``.bin`` of uint16 / uint32 token ids (the nanoGPT layout), memory-mapped.
+- ``synthetic``: a process with a known next-token distribution (scaling/synthetic.py); its
+  ``TokenSource.optimal_nll`` gives the exact optimal loss of any validation windows.
+
+Any byte-level source can have task documents mixed in (``tasks``; scaling/tasks.py).
 
 Byte sources are packed the standard way: documents (files) are concatenated, each followed by one
 end-of-document byte ``SEPARATOR`` (NUL, which a text file never contains, so it acts as a
@@ -43,10 +47,11 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-SOURCES = ("stdlib", "text", "tokens")
+SOURCES = ("stdlib", "text", "tokens", "synthetic")
 TOKEN_DTYPES = ("uint16", "uint32")
 BYTE_VOCAB_SIZE = 256
 SEPARATOR = b"\x00"
@@ -69,6 +74,9 @@ class TokenSource:
     val: np.ndarray
     bytes_per_token: float | None  # 1.0 for bytes, so val_bits_per_byte = val_loss / ln 2
     split_rule: str = ""  # how train and val were cut, in words; part of content_hash
+    # For a source whose distribution is known: windows [n, S + 1] -> float64 [n, S], the exact
+    # optimal -log p of each target given only its window (None: unknown).
+    optimal_nll: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 def cache_dir() -> Path:
@@ -93,7 +101,11 @@ def check_source(source: str, *, paths: Sequence[str] = (), dtype: str = "uint16
         raise DataError(f"unknown data source {source!r}; expected one of {', '.join(SOURCES)}")
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
-    if source == "stdlib":
+    if source == "synthetic":
+        if paths:
+            raise DataError("data source 'synthetic' takes no paths (its settings are [data.synthetic])")
+        _byte_vocab_size(vocab_size)
+    elif source == "stdlib":
         if paths:
             raise DataError("data source 'stdlib' takes no paths "
                             "(use source 'text' for your own files)")
@@ -205,19 +217,35 @@ def _stdlib_files() -> list[tuple[str, Path]]:
 
 def open_source(source: str = "stdlib", *, paths: Sequence[str] = (), dtype: str = "uint16",
                 vocab_size: int | None = None, val_fraction: float = 0.02,
-                base_dir: str | Path = ".") -> TokenSource:
-    """Open (building the cache on first use) a token source; cached per process."""
+                base_dir: str | Path = ".", synthetic=None, tasks=None) -> TokenSource:
+    """Open (building the cache on first use) a token source; cached per process.
+
+    `synthetic` (a config.SyntheticConfig) parameterises source "synthetic" (defaults when None);
+    `tasks` (a config.TasksConfig) mixes task documents into a byte-level source.
+    """
     check_source(source, paths=paths, dtype=dtype, vocab_size=vocab_size, base_dir=base_dir,
                  val_fraction=val_fraction)
     base = str(Path(base_dir).expanduser().resolve())
     # The cache folder is part of the key so that a changed $SCALING_CACHE_DIR is honoured.
-    return _open_cached(source, _as_tuple(paths), dtype, vocab_size, float(val_fraction), base,
-                        str(cache_dir()))
+    opened = _open_cached(source, _as_tuple(paths), dtype, vocab_size, float(val_fraction), base,
+                          str(cache_dir()), synthetic if source == "synthetic" else None)
+    if tasks is None or not tasks.tasks:
+        return opened
+    from scaling.tasks import mix_tasks
+    return mix_tasks(opened, tasks, cache_dir())
 
 
 @functools.lru_cache(maxsize=None)
 def _open_cached(source: str, paths: tuple[str, ...], dtype: str, vocab_size: int | None,
-                 val_fraction: float, base_dir: str, cache: str) -> TokenSource:
+                 val_fraction: float, base_dir: str, cache: str, synthetic=None) -> TokenSource:
+    if source == "synthetic":
+        from scaling import synthetic as syn
+        from scaling.config import SyntheticConfig
+        config = synthetic or SyntheticConfig()
+        train, val, content_hash, split_rule = syn.open_synthetic(config, Path(cache))
+        return TokenSource(name="synthetic", vocab_size=_byte_vocab_size(vocab_size), content_hash=content_hash,
+                           train=train, val=val, bytes_per_token=None, split_rule=split_rule,
+                           optimal_nll=lambda windows: syn.build_process(config).optimal_nll(windows))
     if source == "tokens":
         return _open_tokens(paths[0], dtype, vocab_size, val_fraction, base_dir, Path(cache))
     if source == "stdlib":

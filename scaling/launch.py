@@ -1,4 +1,5 @@
-"""The local launcher: every run in its own process, at most `max_parallel` at once.
+"""The local launcher: every run in its own process, at most `max_parallel` at once; and the sweep
+report that every launcher (local, scaling/slurm.py, scaling/ray_launcher.py) fills in.
 
 A crash or out-of-memory in one run cannot take the sweep down: the parent records it as failed and
 goes on. Children report progress as JSON lines on stdout; the parent draws one rich progress view
@@ -27,6 +28,10 @@ from scaling.sweep import SweepConfig
 DONE = ("complete", "diverged")
 
 
+class LaunchError(Exception):
+    """A launcher cannot start its runs at all (no cluster, sbatch refused, Ray missing): one line."""
+
+
 def run_flops(spec: RunSpec) -> float:
     return training_flops_per_token(**dataclasses.asdict(spec.model)) * spec.steps * spec.batch_size * spec.model.seq_len
 
@@ -38,14 +43,42 @@ class SweepReport:
     diverged: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     locked: list[str] = field(default_factory=list)
+    # Runs handed to a cluster (slurm, ray). When the launcher returns without waiting for them
+    # (`awaited` False), their outcome is in the records: `scaling status <out_dir>`.
+    submitted: list[str] = field(default_factory=list)
+    awaited: bool = True
+    notes: list[str] = field(default_factory=list)  # job ids, log folders, where to look next
+    max_running: int = 0  # the most runs this launcher had going at once
+
+    def record(self, run_id: str, status: str, error: str | None) -> None:
+        {"complete": self.complete, "diverged": self.diverged, "locked": self.locked}.get(status, []).append(run_id)
+        if status not in ("complete", "diverged", "locked"):
+            self.failed.append((run_id, error or status))
 
     def lines(self) -> list[str]:
-        out = [f"complete {len(self.complete)}, skipped (already done) {len(self.skipped)}, "
-               f"diverged {len(self.diverged)}, failed {len(self.failed)}"
-               + (f", running elsewhere {len(self.locked)}" if self.locked else "")]
+        if self.awaited:
+            out = [(f"submitted {len(self.submitted)}: " if self.submitted else "")
+                   + f"complete {len(self.complete)}, skipped (already done) {len(self.skipped)}, "
+                   f"diverged {len(self.diverged)}, failed {len(self.failed)}"
+                   + (f", running elsewhere {len(self.locked)}" if self.locked else "")]
+        else:
+            out = [f"submitted {len(self.submitted)}, skipped (already done) {len(self.skipped)}, "
+                   f"failed {len(self.failed)}"]
         out += [f"  failed {run_id}: {err}" for run_id, err in self.failed]
         out += [f"  diverged {run_id}" for run_id in self.diverged]
+        out += [f"  {note}" for note in self.notes]
         return out
+
+
+def finish_run(report: SweepReport, sweep: SweepConfig, spec: RunSpec, status: str | None, error: str | None) -> str:
+    """Record one run's outcome as its launcher saw it. A run that ended without saying how (a killed
+    process, a failed job) is marked failed in its records too, unless its records say it finished."""
+    if status is None:
+        status = "failed"
+        if records.read_status(records.run_dir(sweep.out_dir, spec.run_id)) not in DONE:
+            write_failure(spec, sweep.out_dir, "failed", error or "the run ended without a result")
+    report.record(spec.run_id, status, error)
+    return status
 
 
 def pending_runs(sweep: SweepConfig, runs, report: SweepReport) -> list[RunSpec]:
@@ -139,11 +172,14 @@ def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quie
         while queue or active:
             while queue and len(active) < workers:
                 spec = queue.pop(0)
+                # --distributed off: one process per run here, even inside an salloc shell whose
+                # SLURM variables the child inherits.
                 proc = subprocess.Popen([sys.executable, "-m", "scaling", "run", sweep.path, "--run-id", spec.run_id,
-                                         "--progress", "jsonl"], stdout=subprocess.PIPE, env=env,
-                                        text=True, bufsize=1)
+                                         "--progress", "jsonl", "--distributed", "off"], stdout=subprocess.PIPE,
+                                        env=env, text=True, bufsize=1)
                 state = {"status": None, "error": None}
                 active[proc.pid] = (proc, spec, state)
+                report.max_running = max(report.max_running, len(active))
                 sel.register(proc.stdout, selectors.EVENT_READ, proc.pid)
                 display.start(spec)
             for key, _ in sel.select(timeout=1.0):
@@ -163,13 +199,8 @@ def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quie
                 code = proc.wait()
                 status, error = state["status"], state["error"]
                 if status is None:  # the child died without reporting: a crash, OOM or kill
-                    status, error = "failed", f"run process exited with code {code}"
-                    if records.read_status(records.run_dir(sweep.out_dir, spec.run_id)) not in DONE:
-                        write_failure(spec, sweep.out_dir, "failed", error)
-                {"complete": report.complete, "diverged": report.diverged, "locked": report.locked}.get(
-                    status, []).append(spec.run_id)
-                if status == "failed":
-                    report.failed.append((spec.run_id, error))
+                    error = f"run process exited with code {code}"
+                status = finish_run(report, sweep, spec, status, error)
                 display.finish(spec, status, error)
                 del active[key.data]
     finally:

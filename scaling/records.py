@@ -81,6 +81,16 @@ def write_rows(path: Path, rows: list[dict]) -> None:
     _atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
 
 
+def write_text(path: Path, text: str) -> None:
+    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def write_table(path: Path, rows: list[dict]) -> None:
+    """Rows of a side table (not the run schema, e.g. calibration.parquet), written atomically."""
+    table = pa.Table.from_pylist(rows)
+    _atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
+
+
 def read_rows(path: Path) -> list[dict]:
     return pq.read_table(path).to_pylist()
 

@@ -89,7 +89,8 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
     import numpy as np
 
     from scaling import data as data_mod
-    from scaling import hardware
+    from scaling import hardware, probes, sampling
+    from scaling.metrics import reliability_table
     from scaling import sharding as shd
     from scaling import train as tr
     from scaling.checkpoint import CheckpointError, Checkpoints
@@ -101,13 +102,19 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
     m, t = spec.model, spec.train
     source = data_mod.open_source(spec.data.source, paths=spec.data.paths, dtype=spec.data.dtype,
                                   vocab_size=m.vocab_size, val_fraction=spec.data.val_fraction,
-                                  base_dir=spec.data.base_dir)
+                                  base_dir=spec.data.base_dir, synthetic=spec.data.synthetic, tasks=spec.data.tasks)
     batcher = data_mod.Batcher(source.train, m.seq_len, spec.batch_size, spec.data.data_seed)
     mesh = shd.make_mesh(spec.mesh, devices)
     n_dev = mesh.size
-    n_val = tr.n_eval_windows(spec, n_dev, len(source.val) // m.seq_len)
+    # This process loads share `data_share` of `n_shares` of every batch's rows (multi-host: only its own).
+    data_share, n_shares, local_shards = shd.process_share(mesh)
+    n_val = tr.n_eval_windows(spec, shd.batch_shards(mesh), len(source.val) // m.seq_len)
     val_windows = data_mod.validation_windows(source.val, m.seq_len, n_val)
+    # A source with a known distribution: its exact optimal loss on exactly these windows.
+    val_loss_optimal = float(np.mean(source.optimal_nll(val_windows))) if source.optimal_nll else math.nan
     program = tr.build_program(spec, mesh)
+    probe_set = probes.Probes(spec.data.tasks, m, t.compute_dtype) if spec.data.tasks else None
+    chance = probe_set.chance_columns() if probe_set else {}
     peak = hardware.peak_flops(t.compute_dtype, n_devices=n_dev)
     flops_per_token = training_flops_per_token(**dataclasses.asdict(m))
     tokens_per_step = spec.batch_size * m.seq_len
@@ -128,6 +135,8 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
     ckpt = Checkpoints(path / "checkpoints")
     history: list[dict] = []
     history_path = path / "history.parquet"
+    calibration: list[dict] = []  # the reliability table of every evaluation (15 confidence bins)
+    calibration_path = path / "calibration.parquet"
     latest = ckpt.latest_step()
     wall_offset = 0.0
     if latest is not None:
@@ -136,6 +145,8 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
         losses_since_eval = host["losses_since_eval"]
         if history_path.exists():
             history = [r for r in records.read_rows(history_path) if r["step"] <= latest]
+        if calibration_path.exists():
+            calibration = [r for r in records.read_rows(calibration_path) if r["step"] <= latest]
         wall_offset = history[-1]["wall_seconds"] if history else 0.0
     else:
         if history_path.exists() and records.read_rows(history_path):
@@ -150,21 +161,21 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
         tokens = values["step"] * tokens_per_step
         return {**base, "status": "running", "error": None, "tokens": tokens, "flops": flops_per_token * tokens,
                 "flops_6nd": flops_6nd(base["n_params_nonembed"], tokens), "val_bits_per_byte": math.nan,
-                "val_loss_optimal": math.nan, **values}
+                "val_loss_optimal": val_loss_optimal, **chance, **values}
 
     def write(status: str, summary_row: dict, error: str | None = None):
         if writer:
             records.write_rows(history_path, history)
+            if calibration:
+                records.write_table(calibration_path, calibration)
             records.write_rows(path / "summary.parquet", [{**summary_row, "status": status, "error": error}])
 
     if writer and not history:
         records.write_rows(path / "summary.parquet", [row(step=step, status="running", wall_seconds=0.0)])
 
     evals = set(tr.eval_steps(spec.steps, t.eval_points))
-    chunk = tr.eval_chunk(spec, n_dev)
+    chunk = tr.eval_chunk(spec, shd.batch_shards(mesh))
     batch_sharding = shd.batch_sharding(mesh)
-    n_proc, i_proc = jax.process_count(), jax.process_index()
-    local_devices = n_dev // n_proc
     global_shape = (program.n_micro, spec.batch_size // program.n_micro, m.seq_len + 1)
 
     timed_tokens, timed_seconds = 0, 0.0  # whole run, compile step excluded
@@ -185,8 +196,8 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
     try:
         while step < spec.steps:
             step += 1
-            local = batcher.batch(step - 1, i_proc, n_proc)
-            batch = tr.to_global(tr.micro_batches(local, local_devices, program.n_micro), batch_sharding, global_shape)
+            local = batcher.batch(step - 1, data_share, n_shares)
+            batch = tr.to_global(tr.micro_batches(local, local_shards, program.n_micro), batch_sharding, global_shape)
             params, opt_state, metrics = program.train_step(params, opt_state, batch)
             if pending is not None:
                 loss, _ = read(pending)
@@ -219,7 +230,11 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
                             tokens_per_second=tps, mfu=tps * flops_per_token / peak.flops_per_second)
                     if source.bytes_per_token:
                         r["val_bits_per_byte"] = ev["val_loss"] / math.log(2) / source.bytes_per_token
+                    if probe_set:
+                        r.update(probe_set.evaluate(params))
                     history.append(r)
+                    calibration.extend({"run_id": spec.run_id, "step": step, "tokens": r["tokens"], **b}
+                                       for b in reliability_table(ev["ece_bins"]))
                     losses_since_eval.clear()
                     interval_tokens, interval_seconds = 0, 0.0
                 ckpt.save(step, {"params": params, "opt_state": opt_state}, {"losses_since_eval": losses_since_eval})
@@ -235,6 +250,12 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
         tps = timed_tokens / timed_seconds if timed_seconds else final["tokens_per_second"]
         final.update(wall_seconds=wall_offset + time.perf_counter() - t_start, tokens_per_second=tps,
                      mfu=tps * flops_per_token / peak.flops_per_second)
+        if spec.sampling:
+            columns, texts = sampling.sample_all(params, m, val_windows, spec.sampling, t.compute_dtype)
+            final.update(columns)
+            if writer:
+                text = sampling.render(texts, spec.sampling, as_bytes=source.bytes_per_token == 1.0)
+                records.write_text(path / "samples.txt", text)
         write("complete", final)
         if not t.keep_checkpoints:
             ckpt.delete_all()
@@ -252,18 +273,32 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
 
 
 def run_and_record(spec: RunSpec, out_dir: str | Path, **kwargs) -> dict:
-    """`train_run` under the run's lock; an exception becomes status `failed` with its text."""
+    """`train_run` under the run's lock; an exception becomes status `failed` with its text.
+
+    Multi-host: process 0 takes the lock and tells the others whether it got it; only process 0
+    writes the failure records."""
+    import jax
+
     path = records.run_dir(out_dir, spec.run_id)
-    lock = records.RunLock(path)
-    if not lock.acquire():
+    lead = jax.process_index() == 0
+    lock = records.RunLock(path) if lead else None
+    acquired = lock.acquire() if lead else True
+    if jax.process_count() > 1:
+        import numpy as np
+        from jax.experimental import multihost_utils
+        acquired = bool(multihost_utils.broadcast_one_to_all(np.int32(acquired)))
+    if not acquired:
         return {"run_id": spec.run_id, "status": "locked", "error": "another process is training this run"}
-    with lock:
-        try:
-            return train_run(spec, out_dir, **kwargs)
-        except Halt:
-            raise
-        except Exception as e:  # noqa: BLE001 - any error of one run must not stop the sweep
-            message = f"{type(e).__name__}: {e}".splitlines()[0]
+    try:
+        return train_run(spec, out_dir, **kwargs)
+    except Halt:
+        raise
+    except Exception as e:  # noqa: BLE001 - any error of one run must not stop the sweep
+        message = f"{type(e).__name__}: {e}".splitlines()[0]
+        if lead:
             (path / "error.txt").write_text(traceback.format_exc())
             write_failure(spec, out_dir, "failed", message)
-            return {"run_id": spec.run_id, "status": "failed", "error": message}
+        return {"run_id": spec.run_id, "status": "failed", "error": message}
+    finally:
+        if lock is not None:
+            lock.release()

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from scaling.config import (
-    DTYPES, LAUNCHERS, MESH_PRESETS, SCHEDULES, SOURCES, ConfigError, DataConfig, MeshConfig,
-    ModelConfig, OptimConfig, RunSpec, TrainConfig,
+    ATTENTION, DTYPES, LAUNCHERS, MESH_AXES, MESH_PRESETS, SCHEDULES, SOURCES, ConfigError, DataConfig,
+    MeshConfig, MeshError, ModelConfig, OptimConfig, RayConfig, RunSpec, SamplingConfig, SlurmConfig,
+    SyntheticConfig, TasksConfig, TaskSpec, TrainConfig,
 )
 from scaling.flops import param_counts, training_flops_per_token
 
@@ -33,6 +34,18 @@ class SweepConfig:
     launcher: str
     max_parallel: int
     runs: tuple[RunSpec, ...]
+    slurm: SlurmConfig = dataclasses.field(default_factory=SlurmConfig)
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+
+    def devices_per_run(self, launcher: str | None = None) -> int | None:
+        """The devices one run gets under `launcher` (default: the sweep's), where the sweep file says:
+        slurm: nodes x gpus_per_node; ray: the task's GPUs. None for local (ask JAX)."""
+        launcher = launcher or self.launcher
+        if launcher == "slurm":
+            return self.slurm.devices_per_run()
+        if launcher == "ray":
+            return self.ray.devices_per_run()
+        return None
 
     def select(self, patterns: list[str]) -> tuple[RunSpec, ...]:
         """Runs matching every pattern; a pattern is an fnmatch glob over `key=value` labels or the run_id."""
@@ -92,6 +105,11 @@ class _Table:
         if not v:
             raise self.error(k, "expected a non-empty list")
         return v
+
+    def optional(self, k, read):
+        """`read(k)` if the key is present, else None (for settings whose default is "not given")."""
+        self.used.add(k)
+        return read(k) if k in self.data else None
 
     def sub(self, k, default=_MISSING) -> "_Table":
         return _Table(self.file, self.key(k), self.raw(k, {} if default is _MISSING else default))
@@ -224,11 +242,13 @@ def load_sweep(path: str | Path, *, device_count: int | None = None) -> SweepCon
     seq_len = d.int("seq_len", 128, min=2)
     val_fraction = d.float("val_fraction", 0.02, min=0.0, max=0.5, min_open=True)
     data_seed = d.int("data_seed", 0, min=0)
+    synthetic = _synthetic(d, source)
+    tasks = _tasks(d, source, seq_len)
     d.finish()
     data_base = base_dir
     _check_data(file, source, paths, dtype, vocab_size, data_base)
     data = DataConfig(source=source, paths=paths, dtype=dtype, val_fraction=val_fraction, data_seed=data_seed,
-                      base_dir=data_base)
+                      base_dir=data_base, synthetic=synthetic, tasks=tasks)
 
     m = root.sub("model")
     rule = _ShapeRule(head_dim=m.int("head_dim", 32, min=1), ffn_ratio=m.float("ffn_ratio", 4.0, min=0, min_open=True),
@@ -260,16 +280,16 @@ def load_sweep(path: str | Path, *, device_count: int | None = None) -> SweepCon
         entropy_coef=t.float("entropy_coef", 0.0),
         param_dtype=t.str("param_dtype", "float32", choices=DTYPES),
         compute_dtype=t.str("compute_dtype", "float32", choices=DTYPES),
+        attention=t.str("attention", "xla", choices=ATTENTION),
     )
     t.finish()
 
-    me = root.sub("mesh")
-    mesh = MeshConfig(preset=me.str("preset", "dp", choices=MESH_PRESETS), size=me.int("size", -1, min=-1))
-    if mesh.size == 0:
-        raise me.error("size", "expected a positive device count or -1 (all devices)")
-    me.finish()
+    mesh = _mesh(root.sub("mesh"))
+    slurm = _slurm(root.sub("slurm"))
+    ray = _ray(root.sub("ray"))
 
     axes = _axes(root.sub("axes"), optim_kw, train_kw)
+    sampling = _sampling(root, seq_len, vocab_size)
 
     grids: list[tuple[str, ModelConfig, int, float | None]] = []
     if "grid" in root.data:
@@ -288,14 +308,80 @@ def load_sweep(path: str | Path, *, device_count: int | None = None) -> SweepCon
                               "(fractions of the run; wsd is chosen in [axes])")
         t_kw = {**train_kw, **{k: v for k, v in overrides.items() if k in train_kw}}
         spec = RunSpec(sweep=name, grid=kind, model=model, data=data, optim=OptimConfig(**o_kw),
-                       train=TrainConfig(tokens=tokens, **t_kw), mesh=mesh, seed=seed, flops_budget=budget)
+                       train=TrainConfig(tokens=tokens, **t_kw), mesh=mesh, seed=seed, flops_budget=budget,
+                       sampling=sampling)
         if spec.run_id not in seen:
             seen.add(spec.run_id)
             runs.append(spec)
-    for spec in runs:
-        _check_run(file, spec, device_count)
-    return SweepConfig(name=name, path=file, out_dir=out_dir, launcher=launcher, max_parallel=max_parallel,
-                       runs=tuple(runs))
+    sweep = SweepConfig(name=name, path=file, out_dir=out_dir, launcher=launcher, max_parallel=max_parallel,
+                        runs=tuple(runs), slurm=slurm, ray=ray)
+    check_devices(sweep, device_count)
+    return sweep
+
+
+def _mesh(t: _Table) -> MeshConfig:
+    preset = t.str("preset", "dp", choices=MESH_PRESETS)
+    size = t.int("size", -1, min=-1)
+    if size == 0:
+        raise t.error("size", "expected a positive device count or -1 (all devices)")
+    axes = {}
+    for axis in ("data", "fsdp", "tensor"):
+        value = t.optional(axis, lambda k: t.int(k, min=-1))
+        if value is None:
+            continue
+        if axis not in MESH_AXES[preset]:
+            raise t.error(axis, f"the {preset} preset has no {axis} axis (its axes: {', '.join(MESH_AXES[preset])}; "
+                          'preset = "fsdp_tp" has data, fsdp and tensor)')
+        if value == 0:
+            raise t.error(axis, "expected a positive axis size or -1 (the rest of the devices)")
+        axes[axis] = value
+    rest = [a for a, v in axes.items() if v == -1]
+    if len(rest) > 1:
+        raise t.error(rest[1], f"only one axis may be -1 (the rest of the devices), got {' and '.join(rest)}")
+    t.finish()
+    return MeshConfig(preset=preset, size=size, **axes)
+
+
+def _slurm(t: _Table) -> SlurmConfig:
+    def text(k):
+        value = t.str(k)
+        if not value.strip():
+            raise t.error(k, "expected a non-empty string")
+        return value
+
+    setup = t.raw("setup", [])
+    if not isinstance(setup, list) or not all(isinstance(line, str) for line in setup):
+        raise t.error("setup", f"expected a list of shell lines (strings), got {setup!r}")
+    cfg = SlurmConfig(
+        partition=t.optional("partition", text), account=t.optional("account", text), qos=t.optional("qos", text),
+        constraint=t.optional("constraint", text), nodes=t.int("nodes", 1, min=1),
+        gpus_per_node=t.int("gpus_per_node", 0, min=0),
+        cpus_per_task=t.optional("cpus_per_task", lambda k: t.int(k, min=1)),
+        mem_gb=t.optional("mem_gb", lambda k: t.float(k, min=0, min_open=True)),
+        time_min=t.int("time_min", 60, min=1), max_timeouts=t.int("max_timeouts", 3, min=0),
+        signal_delay_s=t.int("signal_delay_s", 120, min=0), setup=tuple(setup),
+        folder=t.optional("folder", text))
+    if cfg.signal_delay_s >= cfg.time_min * 60:
+        raise t.error("signal_delay_s", f"must be shorter than the time limit ({cfg.time_min} min)")
+    t.finish()
+    return cfg
+
+
+def _ray(t: _Table) -> RayConfig:
+    address = t.str("address", "auto")
+    if not address.strip():
+        raise t.error("address", 'expected a cluster address such as "auto" or "ray://head:10001"')
+    cfg = RayConfig(address=address, num_cpus=t.float("num_cpus", 1.0, min=0),
+                    num_gpus=t.float("num_gpus", 0.0, min=0))
+    t.finish()
+    return cfg
+
+
+def check_devices(sweep: SweepConfig, device_count: int | None) -> None:
+    """Every run is at least one batch long; and, given the device count one run will get, the mesh
+    fits it, the batch and the micro-batch split over it, the split matrices divide. Raises ConfigError."""
+    for spec in sweep.runs:
+        _check_run(sweep.path, spec, device_count)
 
 
 _AXIS_KEYS = {"optimizer.lr": ("lr", "float"), "optimizer.weight_decay": ("weight_decay", "float"),
@@ -383,19 +469,123 @@ def _check_data(file, source, paths, dtype, vocab_size, base_dir):
 
 
 def _check_run(file: str, spec: RunSpec, device_count: int | None) -> None:
-    t = spec.train
+    t, m = spec.train, spec.model
     b = spec.batch_size
     if spec.steps < 1:
         raise ConfigError(file, "grid.tokens", f"{t.tokens} tokens is less than one batch of {t.batch_tokens} (run {spec.run_id})")
-    if device_count is not None:
-        size = device_count if spec.mesh.size == -1 else spec.mesh.size
-        if size > device_count or device_count % size:
-            raise ConfigError(file, "mesh.size", f"{size} devices do not divide the {device_count} available")
-        if b % size:
-            raise ConfigError(file, "train.batch_tokens", f"a batch of {b} sequences does not split over {size} devices")
-        per_device = b // size
-        if t.micro_batch and per_device % t.micro_batch:
-            raise ConfigError(file, "train.micro_batch", f"{t.micro_batch} does not divide the per-device batch of "
-                              f"{per_device} sequences")
-        if spec.mesh.preset == "fsdp" and spec.model.d_model % size:
-            raise ConfigError(file, "mesh.size", f"fsdp over {size} devices needs d_model divisible by {size}")
+    if device_count is None:
+        return
+    try:
+        sizes = spec.mesh.axis_sizes(device_count)
+    except MeshError as e:
+        raise ConfigError(file, f"mesh.{e.axis}", str(e)) from None
+    # The tensor axis holds copies of the batch: rows split over data x fsdp only.
+    shards = sizes.get("data", 1) * sizes.get("fsdp", 1)
+    if b % shards:
+        raise ConfigError(file, "train.batch_tokens", f"a batch of {b} sequences does not split over {shards} devices")
+    per_device = b // shards
+    if t.micro_batch and per_device % t.micro_batch:
+        raise ConfigError(file, "train.micro_batch", f"{t.micro_batch} does not divide the per-device batch of "
+                          f"{per_device} sequences")
+    fsdp, tensor = sizes.get("fsdp", 1), sizes.get("tensor", 1)
+    fsdp_key = "mesh.fsdp" if spec.mesh.fsdp is not None else "mesh.size"
+    if fsdp > 1 and m.d_model % fsdp:
+        raise ConfigError(file, fsdp_key, f"fsdp over {fsdp} devices needs d_model divisible by {fsdp} "
+                          f"(run {spec.run_id} has d_model={m.d_model})")
+    if tensor > 1 and (m.n_head % tensor or m.d_ff % tensor):
+        raise ConfigError(file, "mesh.tensor", f"tensor parallelism over {tensor} devices splits heads and MLP units: "
+                          f"n_head and d_ff must be divisible by {tensor} (run {spec.run_id} has n_head={m.n_head}, "
+                          f"d_ff={m.d_ff})")
+
+
+# ----------------------------------------------------------------------------------------------
+# Science instruments: [data.synthetic], [data.tasks], [sampling] (sweeps/README.md)
+
+
+def _synthetic(d: _Table, source: str) -> SyntheticConfig | None:
+    if "synthetic" not in d.data:
+        d.used.add("synthetic")
+        return SyntheticConfig() if source == "synthetic" else None
+    if source != "synthetic":
+        raise d.error("synthetic", f'settings for source = "synthetic", but source = {source!r}')
+    from scaling.synthetic import check_config
+    t = d.sub("synthetic")
+    default = SyntheticConfig()
+    cfg = SyntheticConfig(
+        seed=t.int("seed", default.seed, min=0), components=t.int("components", default.components, min=1),
+        zipf_exponent=t.float("zipf_exponent", default.zipf_exponent, min=0),
+        alphabet=t.int("alphabet", default.alphabet, min=2),
+        orders=tuple(_int_list(t, "orders")) if "orders" in t.data else default.orders,
+        concentration=t.float("concentration", default.concentration, min=0, min_open=True),
+        end_prob=t.float("end_prob", default.end_prob, min=0, max=1, min_open=True),
+        train_tokens=t.int("train_tokens", default.train_tokens, min=1000),
+        val_tokens=t.int("val_tokens", default.val_tokens, min=1000))
+    t.used.add("orders")
+    for key, message in check_config(cfg):
+        raise t.error(key, message)
+    t.finish()
+    return cfg
+
+
+_TASK_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def _tasks(d: _Table, source: str, seq_len: int) -> TasksConfig | None:
+    d.used.add("tasks")
+    if "tasks" not in d.data:
+        return None
+    from scaling.tasks import TASKS, max_document_tokens
+    t = d.sub("tasks")
+    if source == "tokens":
+        raise t.error("rate", 'task documents are bytes: they mix only into a byte-level source '
+                      '("stdlib", "text" or "synthetic")')
+    default = TasksConfig()
+    settings = dict(rate=t.float("rate", default.rate, min=0, max=0.9, min_open=True),
+                    heldout_fraction=t.float("heldout_fraction", default.heldout_fraction, min=0, max=0.9,
+                                             min_open=True),
+                    probe_items=t.int("probe_items", default.probe_items, min=1), seed=t.int("seed", default.seed, min=0))
+    specs = []
+    for name in [k for k, v in t.data.items() if isinstance(v, dict)]:
+        if not set(name) <= _TASK_NAME_CHARS:
+            raise t.error(name, "a task name is lowercase letters, digits and _ (it names record columns)")
+        tt = t.sub(name)
+        kind = tt.str("kind", name if name in TASKS else _MISSING, choices=tuple(TASKS))
+        weight = tt.float("weight", 1.0, min=0, min_open=True)
+        cls = TASKS[kind]
+        params = {}
+        for key, value in cls.PARAMS.items():
+            read = {bool: tt.bool, int: tt.int, float: tt.float, str: tt.str}[type(value)]
+            params[key] = read(key, value)
+        for key, message in cls(**params).check():
+            raise tt.error(key, message)
+        tt.finish()
+        spec = TaskSpec(name=name, kind=kind, weight=weight, params=tuple(sorted(params.items())))
+        need = max_document_tokens(spec)
+        if need > seq_len:
+            raise tt.error("kind", f"a {kind} document takes up to {need} tokens, more than data.seq_len={seq_len}")
+        specs.append(spec)
+    if not specs:
+        raise t.error("rate", "no tasks: add a table per task, e.g. [data.tasks.addition]")
+    t.finish()
+    return TasksConfig(tasks=tuple(specs), **settings)
+
+
+def _sampling(root: _Table, seq_len: int, vocab_size: int) -> SamplingConfig | None:
+    root.used.add("sampling")
+    if "sampling" not in root.data:
+        return None
+    t = root.sub("sampling")
+    default = SamplingConfig()
+    cfg = SamplingConfig(
+        prompts=t.int("prompts", default.prompts, min=1), prompt_tokens=t.int("prompt_tokens", default.prompt_tokens, min=1),
+        new_tokens=t.int("new_tokens", default.new_tokens, min=1),
+        temperature=t.float("temperature", default.temperature, min=0, min_open=True),
+        top_k=t.int("top_k", default.top_k, min=1), top_p=t.float("top_p", default.top_p, min=0, max=1, min_open=True),
+        beam=t.int("beam", default.beam, min=1), seed=t.int("seed", default.seed, min=0))
+    if cfg.prompt_tokens + cfg.new_tokens > seq_len:
+        raise t.error("new_tokens", f"prompt_tokens + new_tokens = {cfg.prompt_tokens + cfg.new_tokens} is more than "
+                      f"data.seq_len={seq_len}")
+    if cfg.top_k > vocab_size:
+        raise t.error("top_k", f"{cfg.top_k} is more than the vocabulary ({vocab_size} tokens)")
+    t.finish()
+    return cfg

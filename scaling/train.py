@@ -123,12 +123,14 @@ class Program:
 
 
 def _dtypes(spec: RunSpec) -> dict:
-    return {"compute_dtype": spec.train.compute_dtype, "param_dtype": spec.train.param_dtype}
+    """The model's numerics settings (dtypes, attention implementation)."""
+    return {"compute_dtype": spec.train.compute_dtype, "param_dtype": spec.train.param_dtype,
+            "attention": spec.train.attention}
 
 
-def build_program(spec: RunSpec, mesh: jax.sharding.Mesh, *, attention: str = "xla") -> Program:
+def build_program(spec: RunSpec, mesh: jax.sharding.Mesh) -> Program:
     cfg, t = spec.model, spec.train
-    abstract_model = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0), attention=attention, **_dtypes(spec)))
+    abstract_model = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0), **_dtypes(spec)))
     graphdef, state_template = nnx.split(abstract_model, nnx.Param)
     flat_abstract = _flatten(nnx.to_pure_dict(state_template))
     param_shardings = shd.tree_shardings(flat_abstract, mesh)
@@ -136,8 +138,7 @@ def build_program(spec: RunSpec, mesh: jax.sharding.Mesh, *, attention: str = "x
     opt_abstract = jax.eval_shape(tx.init, flat_abstract)
     opt_shardings = shd.tree_shardings(opt_abstract, mesh)
 
-    n_dev = mesh.size
-    per_device = spec.batch_size // n_dev
+    per_device = spec.batch_size // shd.batch_shards(mesh)  # the tensor axis holds copies of the rows
     micro = t.micro_batch or per_device
     n_micro = per_device // micro
 
@@ -180,8 +181,7 @@ def build_program(spec: RunSpec, mesh: jax.sharding.Mesh, *, attention: str = "x
     batch_sh = shd.batch_sharding(mesh)
     jit_train = jax.jit(train_step, in_shardings=(param_shardings, opt_shardings, batch_sh),
                         out_shardings=(param_shardings, opt_shardings, rep), donate_argnums=(0, 1))
-    eval_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(shd.batch_axis(mesh), None))
-    jit_eval = jax.jit(eval_step, in_shardings=(param_shardings, eval_sh), out_shardings=rep)
+    jit_eval = jax.jit(eval_step, in_shardings=(param_shardings, shd.rows_sharding(mesh)), out_shardings=rep)
     return Program(spec=spec, mesh=mesh, graphdef=graphdef, state_template=state_template,
                    param_shardings=param_shardings, opt_shardings=opt_shardings, tx=tx, train_step=jit_train,
                    eval_step=jit_eval, n_micro=n_micro)
@@ -194,7 +194,9 @@ def to_global(local: np.ndarray, sharding, global_shape) -> jax.Array:
 
 def micro_batches(rows_bs: np.ndarray, n_local_devices: int, n_micro: int) -> np.ndarray:
     """[rows, S+1] -> [n_micro, rows / n_micro, S+1], keeping each device's rows on that device:
-    micro-batch k holds the k-th slice of every device's share."""
+    micro-batch k holds the k-th slice of every device's share. `n_local_devices` counts this
+    process's batch shards (`sharding.process_share`): devices that differ only along the tensor
+    axis hold the same rows."""
     rows, width = rows_bs.shape
     micro = rows // (n_local_devices * n_micro)
     return (rows_bs.reshape(n_local_devices, n_micro, micro, width).transpose(1, 0, 2, 3)
@@ -204,12 +206,12 @@ def micro_batches(rows_bs: np.ndarray, n_local_devices: int, n_micro: int) -> np
 def evaluate(program: Program, params, windows: np.ndarray, chunk: int) -> dict:
     """Validation loss, entropy and top-1 calibration over fixed windows."""
     totals = None
-    n_proc, i_proc = jax.process_count(), jax.process_index()
-    sharding = jax.sharding.NamedSharding(program.mesh, jax.sharding.PartitionSpec(shd.batch_axis(program.mesh), None))
+    share, n_shares, _ = shd.process_share(program.mesh)
+    sharding = shd.rows_sharding(program.mesh)
     for start in range(0, len(windows), chunk):
         block = windows[start:start + chunk]
-        rows = len(block) // n_proc
-        out = program.eval_step(params, to_global(block[i_proc * rows:(i_proc + 1) * rows], sharding, block.shape))
+        rows = len(block) // n_shares
+        out = program.eval_step(params, to_global(block[share * rows:(share + 1) * rows], sharding, block.shape))
         out = jax.tree.map(np.asarray, out)
         totals = out if totals is None else jax.tree.map(np.add, totals, out)
     n = float(totals["count"])

@@ -1,4 +1,4 @@
-"""The same losses on 1 device and on a 4-device fsdp or dp mesh (simulated CPU devices)."""
+"""The same losses on 1 device and on a 4-device fsdp, dp or fsdp_tp mesh (simulated CPU devices)."""
 
 import json
 import os
@@ -21,7 +21,9 @@ SCRIPT = textwrap.dedent("""
     source = open_source("stdlib")
     out = {}
     for name, mesh_cfg, micro in [("one", MeshConfig("dp", 1), 0), ("fsdp4", MeshConfig("fsdp", 4), 0),
-                                  ("dp4", MeshConfig("dp", 4), 0), ("fsdp4_accum", MeshConfig("fsdp", 4), 2)]:
+                                  ("dp4", MeshConfig("dp", 4), 0), ("fsdp4_accum", MeshConfig("fsdp", 4), 2),
+                                  ("fsdp2_tp2", MeshConfig("fsdp_tp", fsdp=2, tensor=2), 0),
+                                  ("dp2_tp2_accum", MeshConfig("fsdp_tp", data=2, tensor=2), 2)]:
         s = dataclasses.replace(spec, mesh=mesh_cfg, train=dataclasses.replace(spec.train, micro_batch=micro))
         mesh = shd.make_mesh(mesh_cfg)
         program = tr.build_program(s, mesh)
@@ -31,11 +33,13 @@ SCRIPT = textwrap.dedent("""
             kernel = params["blocks/0/fc/kernel"]
             out["fsdp_shard_shape"] = list(kernel.addressable_shards[0].data.shape)
             out["kernel_shape"] = list(kernel.shape)
+        if name == "fsdp2_tp2":
+            out["tp_specs"] = {k: list(params[k].sharding.spec) for k in ("blocks/0/qkv/kernel", "blocks/0/fc_proj/kernel")}
         batcher = Batcher(source.train, s.model.seq_len, s.batch_size, 0)
         shape = (program.n_micro, s.batch_size // program.n_micro, s.model.seq_len + 1)
         losses = []
         for step in range(4):
-            local = tr.micro_batches(batcher.batch(step), mesh.size, program.n_micro)
+            local = tr.micro_batches(batcher.batch(step), shd.batch_shards(mesh), program.n_micro)
             batch = tr.to_global(local, shd.batch_sharding(mesh), shape)
             params, opt_state, m = program.train_step(params, opt_state, batch)
             losses.append(float(m["loss"]))
@@ -55,7 +59,9 @@ def test_fsdp_and_dp_on_four_devices_match_one_device(tmp_path):
     assert out["fsdp_shard_shape"] != out["kernel_shape"]
     assert sorted(out["fsdp_shard_shape"]) == sorted([out["kernel_shape"][0], out["kernel_shape"][1] // 4]) or \
         sorted(out["fsdp_shard_shape"]) == sorted([out["kernel_shape"][0] // 4, out["kernel_shape"][1]])
-    for name in ("fsdp4", "dp4", "fsdp4_accum"):
+    # fsdp_tp: heads and MLP units split over tensor (column- then row-parallel), the rest over fsdp.
+    assert out["tp_specs"] == {"blocks/0/qkv/kernel": ["fsdp", "tensor"], "blocks/0/fc_proj/kernel": ["tensor", "fsdp"]}
+    for name in ("fsdp4", "dp4", "fsdp4_accum", "fsdp2_tp2", "dp2_tp2_accum"):
         for a, b in zip(out[name], out["one"]):
             assert abs(a - b) <= 1e-5, (name, out[name], out["one"])
     assert out["one"][-1] < out["one"][0]

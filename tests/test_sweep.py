@@ -40,7 +40,7 @@ DEVICES = 4
 BAD = [
     ("unknown-table", "[optimiser]\nlr = 1e-3\n" + GRID, "optimiser", "unknown key"),
     ("unknown-key", "[train]\nbatch_tokns = 8192\n" + GRID, "train.batch_tokns",
-     "unknown key (known here: batch_tokens"),
+     "unknown key (known here: attention, batch_tokens"),
     ("unknown-shape-key", "[grid]\nmodels = [{ n_layer = 2, d_model = 64, heads = 2 }]\ntokens = [1e5]\n",
      "grid.models[0].heads", "unknown key"),
     ("string-for-int", '[train]\nbatch_tokens = "8192"\n' + GRID, "train.batch_tokens", "expected an integer"),

@@ -1,0 +1,300 @@
+"""Emergence as a number and as a picture; confidence; the fitted floor against the true one.
+
+Probe columns are `probe/<task>/<metric>` with chance levels in `probe/<task>/chance_<metric>`
+(scaling/probes.py). A metric's *transition* is the scale at which it crosses halfway between chance
+and its best possible value, read off a monotone (isotonic) fit of the metric against log scale, with
+a bootstrap interval over runs; a task that never crosses has no transition (NaN), which is an
+answer too. Figures put a discontinuous metric (exact match) beside a continuous one (target
+log-probability, edit distance) of the same outputs, as Schaeffer et al. 2023 ("Are emergent
+abilities a mirage?") argue one should.
+
+    locate_transition(x, y, chance=..., best=...)       one metric -> Transition
+    transitions(runs, x="n_params")                     every task -> DataFrame
+    emergence_figure(history, task)                     2 x 3: metrics against FLOPs, N, val loss
+    confidence_figure(runs)                             val_entropy and val_ece against N
+    reliability_figure(calibration)                     reliability diagrams (15 bins)
+    load_calibration(path)                              every run's calibration.parquet
+    optimal_loss_gap(E, runs)                           a fitted irreducible loss against the truth
+
+Needs numpy, pandas, pyarrow and matplotlib only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+from matplotlib import colormaps
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+
+from analysis.records import record_files
+
+# Best attainable value of each probe metric (exact match 1, log-prob 0, distance 0, Brier 0).
+BEST = {"exact_match": 1.0, "token_accuracy": 1.0, "target_logprob": 0.0, "edit_distance": 0.0, "brier": 0.0}
+METRIC_LABELS = {"exact_match": "Exact match (greedy)", "token_accuracy": "Per-token accuracy",
+                 "target_logprob": "Target log-prob (nats/token)", "edit_distance": "Token edit distance",
+                 "brier": "Brier score (per token)"}
+X_LABELS = {"flops": "Training FLOPs", "n_params": "Parameters (all)", "n_params_nonembed": "Parameters N",
+            "tokens": "Training tokens", "val_loss": "Validation loss (nats/token)"}
+LOG_X = {"flops", "n_params", "n_params_nonembed", "tokens", "flops_6nd"}
+
+
+def probe_tasks(frame: pd.DataFrame) -> list[str]:
+    """Task names that have probe columns in `frame`."""
+    return sorted({c.split("/")[1] for c in frame.columns if c.startswith("probe/") and c.count("/") == 2})
+
+
+# ----------------------------------------------------------------------------------------------
+# Transitions
+
+
+@dataclass(frozen=True)
+class Transition:
+    metric: str
+    threshold: float  # chance + (best - chance) / 2
+    x: float  # where the monotone fit crosses the threshold; NaN if it never does
+    ci_low: float  # bootstrap percentile interval of x, over resamples that crossed
+    ci_high: float
+    crossed_fraction: float  # share of bootstrap resamples that crossed at all
+    censored: bool  # already past the threshold at the smallest scale: x is an upper bound
+    n_points: int
+
+    def __str__(self) -> str:
+        if math.isnan(self.x):
+            return f"{self.metric}: no transition (never crosses {self.threshold:.3g})"
+        bound = "<= " if self.censored else ""
+        return (f"{self.metric}: crosses {self.threshold:.3g} at {bound}{self.x:.3g} "
+                f"[{self.ci_low:.3g}, {self.ci_high:.3g}] ({self.crossed_fraction:.0%} of resamples cross)")
+
+
+def isotonic(y: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """The non-decreasing sequence nearest y in weighted least squares (pool adjacent violators)."""
+    y = np.asarray(y, dtype=np.float64)
+    w = np.ones_like(y) if weights is None else np.asarray(weights, dtype=np.float64)
+    blocks: list[list[float]] = []  # [mean, weight, count]
+    for value, weight in zip(y, w):
+        blocks.append([value, weight, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            m2, w2, n2 = blocks.pop()
+            m1, w1, n1 = blocks.pop()
+            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
+    return np.concatenate([np.full(n, m) for m, _, n in blocks])
+
+
+def _crossing(x: np.ndarray, y: np.ndarray, threshold: float, log_x: bool) -> tuple[float, bool]:
+    """(x where the isotonic fit of y first reaches threshold, censored); y oriented increasing."""
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order]
+    ux, inverse = np.unique(x, return_inverse=True)
+    means = np.bincount(inverse, weights=y) / np.bincount(inverse)
+    counts = np.bincount(inverse).astype(np.float64)
+    fit = isotonic(means, counts)
+    above = np.flatnonzero(fit >= threshold)
+    if not len(above):
+        return math.nan, False
+    i = above[0]
+    if i == 0:
+        return float(ux[0]), True
+    t = (threshold - fit[i - 1]) / (fit[i] - fit[i - 1])
+    if log_x:
+        return float(np.exp(np.log(ux[i - 1]) + t * (np.log(ux[i]) - np.log(ux[i - 1])))), False
+    return float(ux[i - 1] + t * (ux[i] - ux[i - 1])), False
+
+
+def locate_transition(x, y, *, chance: float, best: float = 1.0, groups=None, n_boot: int = 1000,
+                      level: float = 0.9, log_x: bool = True, seed: int = 0, metric: str = "") -> Transition:
+    """Where y crosses halfway from `chance` to `best` as x grows (y may improve downwards: an edit
+    distance has best 0 below its chance). The bootstrap resamples whole `groups` (e.g. run ids, so
+    the points of one learning curve move together), or single points when None."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y) & ((x > 0) if log_x else True)
+    x, y = x[keep], y[keep]
+    groups = np.arange(len(x)) if groups is None else np.asarray(groups)[keep]
+    sign = 1.0 if best >= chance else -1.0  # orient so that larger is better
+    threshold = chance + (best - chance) / 2
+    if len(x) == 0:
+        return Transition(metric, threshold, math.nan, math.nan, math.nan, 0.0, False, 0)
+    at, censored = _crossing(x, sign * y, sign * threshold, log_x)
+    rng = np.random.default_rng(seed)
+    labels, members = np.unique(groups, return_inverse=True)
+    index_of = [np.flatnonzero(members == g) for g in range(len(labels))]
+    crossings = []
+    for _ in range(n_boot):
+        pick = np.concatenate([index_of[g] for g in rng.integers(0, len(labels), size=len(labels))])
+        crossings.append(_crossing(x[pick], sign * y[pick], sign * threshold, log_x)[0])
+    crossings = np.array(crossings)
+    crossed = crossings[np.isfinite(crossings)]
+    tail = (1 - level) / 2
+    low, high = (np.quantile(crossed, [tail, 1 - tail]) if len(crossed) else (math.nan, math.nan))
+    return Transition(metric, threshold, at, float(low), float(high), len(crossed) / max(n_boot, 1), censored,
+                      int(len(x)))
+
+
+def transitions(frame: pd.DataFrame, *, x: str = "n_params", metrics=("exact_match", "target_logprob"),
+                n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """One row per (task, metric) with its Transition, from summary rows (or history rows)."""
+    rows = []
+    for task in probe_tasks(frame):
+        for metric in metrics:
+            column, chance_column = f"probe/{task}/{metric}", f"probe/{task}/chance_{metric}"
+            if column not in frame or chance_column not in frame:
+                continue
+            chance = float(frame[chance_column].dropna().iloc[0]) if frame[chance_column].notna().any() else math.nan
+            if math.isnan(chance):
+                continue
+            tr = locate_transition(frame[x], frame[column], chance=chance, best=BEST[metric],
+                                   groups=frame["run_id"] if "run_id" in frame else None, n_boot=n_boot,
+                                   log_x=x in LOG_X, seed=seed, metric=metric)
+            rows.append({"task": task, "x": x, "chance": chance, **tr.__dict__})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures
+
+
+def _sizes(frame: pd.DataFrame) -> tuple[list, object]:
+    sizes = sorted(frame["n_params"].unique())
+    norm = LogNorm(vmin=min(sizes), vmax=max(sizes) * 1.0001) if sizes else None
+    return sizes, norm
+
+
+def emergence_figure(history: pd.DataFrame, task: str, *, discontinuous: str = "exact_match",
+                     continuous: str = "target_logprob", xs=("flops", "n_params", "val_loss")) -> Figure:
+    """Rows: the discontinuous and the continuous metric of the same greedy/teacher-forced outputs.
+    Columns: against training FLOPs, parameters and validation loss. Against FLOPs and loss each run
+    is a line along training (coloured by size, end point marked); against parameters, the end-of-
+    training points, one line per training length. Dashed: chance."""
+    cmap = colormaps["viridis"]
+    sizes, norm = _sizes(history)
+    last = history.sort_values("step").groupby("run_id").tail(1)
+    fig = Figure(figsize=(5 * len(xs), 8), layout="constrained")
+    axes = fig.subplots(2, len(xs), squeeze=False)
+    for r, metric in enumerate((discontinuous, continuous)):
+        column, chance_column = f"probe/{task}/{metric}", f"probe/{task}/chance_{metric}"
+        for c, x in enumerate(xs):
+            ax = axes[r, c]
+            if column not in history:
+                ax.set_visible(False)
+                continue
+            if x == "n_params" or x == "n_params_nonembed":
+                for tokens, group in last.groupby("target_tokens" if "target_tokens" in last else "tokens"):
+                    group = group.sort_values(x)
+                    ax.plot(group[x], group[column], "o-", label=f"D = {tokens:.3g}", alpha=0.85)
+                ax.legend(fontsize=7)
+            else:
+                for run_id, run in history.sort_values("step").groupby("run_id"):
+                    color = cmap(norm(run["n_params"].iloc[0])) if norm else None
+                    ax.plot(run[x], run[column], "-", color=color, alpha=0.7, lw=1.2)
+                    ax.plot(run[x].iloc[-1:], run[column].iloc[-1:], "o", color=color, ms=5)
+            if chance_column in history and history[chance_column].notna().any():
+                ax.axhline(float(history[chance_column].dropna().iloc[0]), ls="--", color="gray", lw=1, label="chance")
+            if x in LOG_X:
+                ax.set_xscale("log")
+            if x == "val_loss":
+                ax.invert_xaxis()  # better models to the right, as along the other axes
+            ax.set_xlabel(X_LABELS.get(x, x))
+            ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+            ax.grid(alpha=0.3)
+    if norm:
+        from matplotlib.cm import ScalarMappable
+        fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes[:, [i for i, x in enumerate(xs)
+                                                                         if x not in ("n_params", "n_params_nonembed")]],
+                     label="Parameters (all)")
+    fig.suptitle(f"Task {task!r}: {METRIC_LABELS.get(discontinuous)} vs {METRIC_LABELS.get(continuous)}")
+    return fig
+
+
+def confidence_figure(runs: pd.DataFrame, *, x: str = "n_params") -> Figure:
+    """Final predictive entropy (with the loss and, where known, the optimal loss) and ECE against
+    model size, one line per training length."""
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    ax_h, ax_e = fig.subplots(1, 2)
+    by = "target_tokens" if "target_tokens" in runs else "tokens"
+    for tokens, group in runs.sort_values(x).groupby(by):
+        line = ax_h.plot(group[x], group["val_entropy"], "o-", label=f"entropy, D = {tokens:.3g}")[0]
+        ax_h.plot(group[x], group["val_loss"], "s:", color=line.get_color(), alpha=0.6, label=f"loss, D = {tokens:.3g}")
+        ax_e.plot(group[x], group["val_ece"], "o-", color=line.get_color(), label=f"D = {tokens:.3g}")
+    if "val_loss_optimal" in runs and runs["val_loss_optimal"].notna().any():
+        ax_h.axhline(float(runs["val_loss_optimal"].dropna().mean()), ls="--", color="gray", label="optimal loss")
+    for ax, label in ((ax_h, "nats/token"), (ax_e, "ECE (top-1, 15 bins)")):
+        ax.set_xscale("log")
+        ax.set_xlabel(X_LABELS.get(x, x))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    ax_h.set_title("Predictive entropy vs cross-entropy")
+    ax_e.set_title("Calibration error")
+    return fig
+
+
+def load_calibration(path: str | os.PathLike) -> pd.DataFrame:
+    """Every run's reliability tables (one row per evaluation step and bin)."""
+    frames = [pq.read_table(f).to_pandas() for f in record_files(path, "calibration.parquet")]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def reliability_figure(calibration: pd.DataFrame, runs: pd.DataFrame | None = None, *, step: str = "last") -> Figure:
+    """Accuracy against confidence per bin at each run's last (or first) evaluation, one line per
+    run coloured by size (when `runs` gives sizes), the diagonal of perfect calibration, and the
+    share of tokens per bin below."""
+    fig = Figure(figsize=(6, 6.5), layout="constrained")
+    ax, ax_n = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    pick = calibration.groupby("run_id")["step"].transform("max" if step == "last" else "min")
+    chosen = calibration[calibration["step"] == pick]
+    sizes = runs.set_index("run_id")["n_params"] if runs is not None and "n_params" in runs else None
+    norm = LogNorm(vmin=sizes.min(), vmax=sizes.max() * 1.0001) if sizes is not None and len(sizes) else None
+    cmap = colormaps["viridis"]
+    for run_id, table in chosen.groupby("run_id"):
+        table = table.sort_values("bin")
+        color = cmap(norm(sizes[run_id])) if norm is not None and run_id in sizes else None
+        filled = table["count"] > 0
+        centres = (table["bin_lower"] + table["bin_upper"]) / 2
+        ax.plot(table.loc[filled, "confidence"], table.loc[filled, "accuracy"], "o-", color=color, ms=3, alpha=0.8)
+        ax_n.plot(centres, table["count"] / table["count"].sum(), "-", color=color, alpha=0.8)
+    ax.plot([0, 1], [0, 1], "--", color="gray", lw=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("Accuracy (top-1)")
+    ax.set_title(f"Reliability at each run's {step} evaluation")
+    ax_n.set_xlabel("Confidence (top-1 probability)")
+    ax_n.set_ylabel("Share of tokens")
+    for a in (ax, ax_n):
+        a.grid(alpha=0.3)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# A fitted floor against the truth
+
+
+@dataclass(frozen=True)
+class OptimalGap:
+    E_fit: float
+    optimal: float  # val_loss_optimal: the source's own cross-entropy on the validation windows
+    gap: float  # E_fit - optimal (nats/token); > 0: the fit's floor is above the truth
+    relative: float  # gap / optimal
+    best_observed: float  # the lowest final val_loss of the runs
+    n_runs: int
+
+    def __str__(self) -> str:
+        return (f"fitted E = {self.E_fit:.4f}, true optimal loss = {self.optimal:.4f} nats/token: gap "
+                f"{self.gap:+.4f} ({self.relative:+.1%}); best run reached {self.best_observed:.4f}")
+
+
+def optimal_loss_gap(E: float, runs: pd.DataFrame) -> OptimalGap:
+    """Compare a fitted irreducible loss E (e.g. Chinchilla approach 3) with the recorded
+    `val_loss_optimal` of a synthetic-source sweep (the same for every run that scores the same
+    validation windows; their mean is used)."""
+    if "val_loss_optimal" not in runs or not runs["val_loss_optimal"].notna().any():
+        raise ValueError("these runs record no val_loss_optimal (not a source with a known distribution)")
+    optimal = float(runs["val_loss_optimal"].dropna().mean())
+    best = float(runs["val_loss"].min()) if "val_loss" in runs else math.nan
+    return OptimalGap(E_fit=float(E), optimal=optimal, gap=float(E) - optimal, relative=(float(E) - optimal) / optimal,
+                      best_observed=best, n_runs=int(runs["val_loss_optimal"].notna().sum()))

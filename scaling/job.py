@@ -1,0 +1,49 @@
+"""One run of a sweep, started the same way by every launcher: `scaling run`, a SLURM array task
+(scaling/slurm.py), a Ray task (scaling/ray_launcher.py).
+
+The sweep file is read again where the run starts, and validated against the devices that the run
+really has there (after `jax.distributed` has joined the hosts, so the count is global).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from scaling.config import ConfigError
+
+
+def run_one(sweep_path: str | Path, run_id: str, *, on_step: Callable[[dict], None] | None = None,
+            distributed: str = "auto", coordinator: str | None = None, num_processes: int | None = None,
+            process_id: int | None = None, cwd: str | Path | None = None) -> dict:
+    """Train run `run_id` of the sweep file (resuming from its checkpoint) and return its summary:
+    at least run_id, status (complete | diverged | failed | locked) and error.
+
+    `cwd`: the folder the sweep was started from (relative paths in the file resolve against it).
+    Raises ConfigError for a sweep file that is wrong here, DistributedError for bad flags."""
+    if cwd is not None:
+        try:
+            os.chdir(cwd)
+        except OSError as e:
+            raise ConfigError(str(sweep_path), "", f"cannot enter the sweep's folder {cwd} on this machine "
+                              f"({e.strerror}); launchers need a filesystem shared with the submitting host") from None
+    from scaling import distributed as dist
+    dist.initialize(distributed, coordinator=coordinator, num_processes=num_processes, process_id=process_id)
+
+    import jax
+
+    from scaling.run import run_and_record
+    from scaling.sweep import load_sweep
+    sweep = load_sweep(sweep_path, device_count=jax.device_count())
+    spec = next((s for s in sweep.runs if s.run_id == run_id), None)
+    if spec is None:
+        raise ConfigError(str(sweep_path), "--run-id", f"no run {run_id!r} in this sweep (see --dry-run)")
+    if jax.process_index() != 0:
+        on_step = None  # one progress report per run, from the process that writes its records
+    return run_and_record(spec, sweep.out_dir, on_step=on_step)
+
+
+def outcome(result: dict) -> dict:
+    """The small, picklable part of a run's summary that a launcher reports back."""
+    return {"run_id": result.get("run_id"), "status": result.get("status"), "error": result.get("error")}

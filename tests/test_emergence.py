@@ -1,0 +1,103 @@
+"""analysis.emergence: transitions recover a known midpoint; figures draw; the optimal-loss gap."""
+
+import io
+import math
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from matplotlib.figure import Figure
+
+from analysis import emergence as em
+
+
+def test_isotonic_pools_adjacent_violators():
+    np.testing.assert_allclose(em.isotonic([1, 3, 2, 4]), [1, 2.5, 2.5, 4])
+    np.testing.assert_allclose(em.isotonic([3, 2, 1]), [2, 2, 2])
+    np.testing.assert_allclose(em.isotonic([1, 3, 2], weights=[1, 3, 1]), [1, 2.75, 2.75])
+
+
+def _sigmoid_runs(midpoint=1e5, noise=0.03, seed=0, chance=0.1):
+    rng = np.random.default_rng(seed)
+    x = np.repeat(np.geomspace(1e3, 1e7, 13), 3)
+    y = chance + (1 - chance) / (1 + np.exp(-3 * (np.log10(x) - np.log10(midpoint)))) + rng.normal(0, noise, len(x))
+    return x, y
+
+
+def test_transition_recovers_the_midpoint_with_an_interval():
+    x, y = _sigmoid_runs()
+    tr = em.locate_transition(x, y, chance=0.1, best=1.0, n_boot=300, metric="exact_match")
+    assert tr.threshold == pytest.approx(0.55)
+    assert abs(math.log10(tr.x) - 5) < 0.1 and not tr.censored
+    assert tr.ci_low < 1e5 < tr.ci_high and tr.ci_high / tr.ci_low < 10
+    assert tr.crossed_fraction == 1.0 and "crosses" in str(tr)
+
+
+def test_transition_of_a_metric_that_improves_downwards():
+    # Edit distance falls from chance 4 to 0; halfway (2) is reached at x = 100 (linear in log x).
+    x = np.array([1, 10, 100, 1000, 10000.0])
+    y = np.array([4, 3, 2, 1, 0.0])
+    tr = em.locate_transition(x, y, chance=4.0, best=0.0, n_boot=0)
+    assert tr.x == pytest.approx(100.0)
+
+
+def test_no_transition_and_censored():
+    x = np.geomspace(1, 1e4, 5)
+    flat = em.locate_transition(x, np.full(5, 0.1), chance=0.1, best=1.0, n_boot=50)
+    assert math.isnan(flat.x) and flat.crossed_fraction == 0.0 and "no transition" in str(flat)
+    early = em.locate_transition(x, np.full(5, 0.9), chance=0.1, best=1.0, n_boot=0)
+    assert early.censored and early.x == 1.0
+
+
+def _history():
+    rows = []
+    for n_params, midpoint in ((1e4, 3e13), (1e5, 1e13), (1e6, 3e12)):
+        for step in (1, 10, 100):
+            flops = 6 * n_params * step * 1e4
+            acc = 1 / (1 + (midpoint / flops) ** 2)
+            rows.append({"run_id": f"r{n_params:g}", "n_params": n_params, "step": step, "flops": flops,
+                         "tokens": step * 1e4, "target_tokens": 1e6, "val_loss": 3 - 0.3 * math.log10(flops / 1e9),
+                         "val_entropy": 2.0, "val_ece": 0.05, "val_loss_optimal": 1.0,
+                         "probe/add/exact_match": acc, "probe/add/chance_exact_match": 0.01,
+                         "probe/add/target_logprob": -3 * (1 - acc), "probe/add/chance_target_logprob": -2.4})
+    return pd.DataFrame(rows)
+
+
+def test_transitions_table_and_figures():
+    hist = _history()
+    runs = hist.sort_values("step").groupby("run_id").tail(1)
+    table = em.transitions(runs, x="n_params", n_boot=50)
+    assert set(table["task"]) == {"add"} and set(table["metric"]) == {"exact_match", "target_logprob"}
+    exact = table.set_index("metric").loc["exact_match"]
+    assert 1e4 < exact["x"] < 1e6 and exact["chance"] == 0.01
+    assert em.probe_tasks(hist) == ["add"]
+    figures = [em.emergence_figure(hist, "add"), em.confidence_figure(runs)]
+    calibration = pd.DataFrame([{"run_id": r, "step": s, "bin": b, "bin_lower": b / 15, "bin_upper": (b + 1) / 15,
+                                 "count": 10.0, "confidence": (b + 0.5) / 15, "accuracy": min(1, (b + 2) / 15)}
+                                for r in runs["run_id"] for s in (1, 100) for b in range(15)])
+    figures.append(em.reliability_figure(calibration, runs))
+    for fig in figures:
+        assert isinstance(fig, Figure)
+        fig.savefig(io.BytesIO(), format="png")
+    assert len(figures[0].axes) >= 6
+
+
+def test_load_calibration_reads_every_run(tmp_path):
+    for run in ("a", "b"):
+        path = tmp_path / "runs" / run
+        path.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist([{"run_id": run, "step": 1, "bin": 0, "count": 3.0}]),
+                       path / "calibration.parquet")
+    frame = em.load_calibration(tmp_path)
+    assert sorted(frame["run_id"]) == ["a", "b"]
+
+
+def test_optimal_loss_gap():
+    runs = pd.DataFrame({"val_loss_optimal": [1.5, 1.5], "val_loss": [1.9, 1.7]})
+    gap = em.optimal_loss_gap(1.6, runs)
+    assert gap.gap == pytest.approx(0.1) and gap.relative == pytest.approx(0.1 / 1.5)
+    assert gap.best_observed == 1.7 and gap.n_runs == 2 and "+0.1000" in str(gap)
+    with pytest.raises(ValueError):
+        em.optimal_loss_gap(1.0, pd.DataFrame({"val_loss": [2.0]}))
