@@ -3,17 +3,20 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 SWEEP  ?= sweeps/kaplan.toml
+EXTRAS ?= test
 
 .PHONY: setup sweep smoke test test-all plots bench clean
 
-# The venv is rebuilt when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml
+# The venv is (re)installed when pyproject.toml or the extras change; EXTRAS=test,ray adds Ray.
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(STAMP)
 
 sweep: setup            ## train sweeps/kaplan.toml (or SWEEP=...) into results/
 	$(BIN)/scaling sweep $(SWEEP)
