@@ -43,13 +43,13 @@ import functools
 import hashlib
 import json
 import os
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from scaling.config import SyntheticConfig
+from scaling.splitcache import write_split
 
 SEPARATOR = 0
 VOCAB_SIZE = 256
@@ -310,17 +310,5 @@ def _build(config: SyntheticConfig, stem: Path) -> dict:
     digest = hashlib.sha256(f"{split_rule}|".encode() + train.tobytes() + b"|" + val.tobytes()).hexdigest()[:16]
     manifest = {"format_version": _FORMAT_VERSION, "config": asdict(config), "content_hash": digest,
                 "split_rule": split_rule, "n_train": int(train.size), "n_val": int(val.size)}
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex
-    tmp = {s: Path(f"{stem}.{s}.tmp-{tag}") for s in ("train", "val", "json")}
-    try:
-        tmp["train"].write_bytes(train.tobytes())
-        tmp["val"].write_bytes(val.tobytes())
-        tmp["json"].write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp["train"], f"{stem}.train.bin")
-        os.replace(tmp["val"], f"{stem}.val.bin")
-        os.replace(tmp["json"], f"{stem}.json")  # last: its presence marks a complete build
-    finally:
-        for t in tmp.values():
-            t.unlink(missing_ok=True)
+    write_split(stem, train, val, manifest)
     return manifest

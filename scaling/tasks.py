@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import string
-import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import ClassVar
@@ -33,6 +32,7 @@ from typing import ClassVar
 import numpy as np
 
 from scaling.config import TasksConfig, TaskSpec
+from scaling.splitcache import write_split
 
 SEP = 0
 NEWLINE = "\n"
@@ -402,19 +402,7 @@ def mix_tasks(source, cfg: TasksConfig, cache: Path):
         digest = hashlib.sha256(f"{source.content_hash}|{key}|".encode() + train.tobytes() + val.tobytes())
         manifest = {"content_hash": digest.hexdigest()[:16], "n_train": int(train.size), "n_val": int(val.size),
                     "train_documents": n_train_docs, "val_documents": n_val_docs, "settings": json.loads(settings)}
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        tag = uuid.uuid4().hex
-        tmp = {s: Path(f"{stem}.{s}.tmp-{tag}") for s in ("train", "val", "json")}
-        try:
-            tmp["train"].write_bytes(train.tobytes())
-            tmp["val"].write_bytes(val.tobytes())
-            tmp["json"].write_text(json.dumps(manifest, indent=1))
-            os.replace(tmp["train"], f"{stem}.train.bin")
-            os.replace(tmp["val"], f"{stem}.val.bin")
-            os.replace(tmp["json"], f"{stem}.json")
-        finally:
-            for t in tmp.values():
-                t.unlink(missing_ok=True)
+        write_split(stem, train, val, manifest)
     rule = (f"{source.split_rule}; task documents at rate {cfg.rate} (train: instances not held out, val: "
             f"held out, heldout_fraction {cfg.heldout_fraction})")
     return replace(source, name=f"{source.name}+tasks", content_hash=manifest["content_hash"],
