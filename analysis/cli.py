@@ -20,6 +20,7 @@ import pandas as pd
 
 from analysis import tables
 from analysis.chinchilla import fit_chinchilla
+from analysis.emergence import optimal_loss_gap, probe_tasks, transitions
 from analysis.fit_result import DEFAULT_BOOTSTRAP, Fit
 from analysis.kaplan import fit_kaplan
 from analysis.records import load_history, load_runs
@@ -128,9 +129,9 @@ def _fits_for(law: str, runs: pd.DataFrame, history: pd.DataFrame, approaches, b
     return fits
 
 
-def _sweep_fits(runs, history, law, approaches, bootstrap) -> list[tuple[str | None, list[Fit]]]:
+def _sweep_fits(runs, history, law, approaches, bootstrap, quiet=False) -> list[tuple[str | None, list[Fit]]]:
     """[(sweep, fits)] for every sweep that can be fitted (law None: chosen per sweep). With one
-    sweep its error is the command's; with several, a failing sweep is a warning."""
+    sweep its error is the command's; with several, a failing sweep is a warning (`quiet`: none)."""
     sweeps, histories = _by_sweep(runs), _by_sweep(history)
     out, problems = [], []
     for sweep, sweep_runs in sweeps.items():
@@ -142,7 +143,7 @@ def _sweep_fits(runs, history, law, approaches, bootstrap) -> list[tuple[str | N
             if len(sweeps) == 1:
                 raise
             problems.append(f"{sweep}: {_one_line(exc)}")
-    for problem in problems:
+    for problem in problems if not quiet else ():
         print(f"warning: no fit for {problem}", file=sys.stderr)
     if not out:
         raise UsageError("no sweep could be fitted: " + "; ".join(problems))
@@ -183,6 +184,37 @@ def _table(args) -> str:
     except (UsageError, ValueError) as exc:
         print(f"warning: no fits: {_one_line(exc)}", file=sys.stderr)
         fits_text = ""
+    truth_text = _truth_text(runs, fits_text and _sweep_fits(runs, history, None, (3,), 0, quiet=True))
+    transitions_text = _transitions_text(runs, args.format, args.bootstrap)
     if args.format == "md":
-        return f"## Runs\n\n{runs_text}" + (f"\n## Fits\n\n{fits_text}" if fits_text else "")
-    return runs_text + ("\n" + fits_text if fits_text else "")
+        return (f"## Runs\n\n{runs_text}" + (f"\n## Fits\n\n{fits_text}" if fits_text else "")
+                + (f"\n## Fitted floor against the truth\n\n{truth_text}" if truth_text else "")
+                + (f"\n## Transitions\n\n{transitions_text}" if transitions_text else ""))
+    return runs_text + "".join("\n" + t for t in (fits_text, transitions_text) if t)
+
+
+def _truth_text(runs: pd.DataFrame, sweep_fits) -> str:
+    """For a sweep on a source with a known distribution: approach 3's E against val_loss_optimal."""
+    lines = []
+    for sweep, fits in sweep_fits or []:
+        sweep_runs = runs if sweep is None else runs.loc[runs["sweep"] == sweep]
+        if "val_loss_optimal" not in sweep_runs or not sweep_runs["val_loss_optimal"].notna().any():
+            continue
+        for fit in fits:
+            if "E" in fit.params:
+                lines.append(f"- {sweep or 'runs'}: {optimal_loss_gap(fit.params['E'], sweep_runs)}\n")
+    return "".join(lines)
+
+
+def _transitions_text(runs: pd.DataFrame, format: str, bootstrap: int) -> str:
+    """Where each probed task's metrics cross halfway from chance to their best (analysis.emergence)."""
+    if not probe_tasks(runs):
+        return ""
+    complete = runs.loc[runs["status"] == "complete"] if "status" in runs else runs
+    frame = transitions(complete, n_boot=bootstrap)
+    if frame.empty:
+        return ""
+    frame = frame[["task", "metric", "chance", "threshold", "x", "ci_low", "ci_high", "crossed_fraction", "censored"]]
+    return tables.render(frame.rename(columns={"x": "n_params at transition", "ci_low": "90% low",
+                                               "ci_high": "90% high", "crossed_fraction": "resamples crossing",
+                                               "censored": "already past at smallest"}), format)

@@ -228,7 +228,7 @@ def confidence_figure(runs: pd.DataFrame, *, x: str = "n_params") -> Figure:
         ax.set_xlabel(X_LABELS.get(x, x))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper right")  # curves fall with N: the upper right is empty
     ax_h.set_title("Predictive entropy vs cross-entropy")
     ax_e.set_title("Calibration error")
     return fig

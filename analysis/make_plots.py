@@ -7,6 +7,9 @@ the figures its records support are written to `<sweep>/figures/` as PNG and PDF
     kaplan_figure1, kaplan_residuals     runs of a Kaplan grid (grid == "kaplan", or no flops_budget)
     isoflop, chinchilla_approach3,       runs with an IsoFLOP budget (flops_budget)
     chinchilla_residuals
+    emergence_<task>                     runs with probe columns (probe/<task>/<metric>), one per task
+    confidence                           runs that record val_entropy and val_ece, at 2+ model sizes
+    reliability                          runs with calibration tables (calibration.parquet)
 
 From records only, deterministically: fixed bootstrap seeds, the Agg backend, and no dates in the
 files' metadata. A figure the data cannot support is skipped with one line on stderr.
@@ -28,6 +31,7 @@ import pandas as pd  # noqa: E402
 
 from analysis import plots  # noqa: E402
 from analysis.chinchilla import fit_chinchilla  # noqa: E402
+from analysis.emergence import load_calibration, probe_tasks  # noqa: E402
 from analysis.fit_result import DEFAULT_BOOTSTRAP  # noqa: E402
 from analysis.kaplan import fit_kaplan  # noqa: E402
 from analysis.records import load_history, load_runs  # noqa: E402
@@ -103,6 +107,16 @@ def sweep_figures(sweep_dir: Path, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int
             attempt("chinchilla_approach3", lambda: plots.chinchilla_fit(fits[3]))
         if fits:
             attempt("chinchilla_residuals", lambda: plots.residuals([fits[k] for k in sorted(fits)]))
+
+    for task in probe_tasks(curves):
+        attempt(f"emergence_{task}", lambda task=task: plots.emergence_figure(curves, task))
+    final = runs.loc[runs["status"] == "complete"] if "status" in runs else runs
+    if {"val_entropy", "val_ece"} <= set(final) and final["val_entropy"].notna().any() \
+            and final["n_params"].nunique() > 1:
+        attempt("confidence", lambda: plots.confidence_figure(final.dropna(subset=["val_entropy", "val_ece"])))
+    calibration = load_calibration(sweep_dir)
+    if not calibration.empty:
+        attempt("reliability", lambda: plots.reliability_figure(calibration, runs))
     return written
 
 

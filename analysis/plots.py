@@ -10,6 +10,15 @@ span decades are logarithmic, as in the papers' figures.
     isoflop(runs, fits)               Hoffmann et al. 2022 Fig. 3: IsoFLOP profiles, N_opt(C), D_opt(C)
     chinchilla_fit(fit)               approach 3: observed vs predicted, loss contours with the frontier
     residuals(fits)                   ln(observed / predicted) against each input of each fit
+
+Where the records come from a source with a known distribution (`val_loss_optimal`), loss panels
+draw that true floor as a dashed line. The emergence and confidence figures live in
+`analysis.emergence` and are re-exported here:
+
+    emergence_figure(history, task)   a task's exact match beside its target log-prob, against
+                                      FLOPs, parameters and validation loss, with chance
+    confidence_figure(runs)           final predictive entropy and ECE against model size
+    reliability_figure(calibration)   reliability diagrams (15 confidence bins)
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatterSciNotation, LogFormatter
 
 from analysis.fit_result import Fit, FitSet, as_fit_list
+from analysis.emergence import confidence_figure, emergence_figure, reliability_figure  # noqa: F401
 from analysis.select import final_rows, is_history, param_column, run_status
 
 LOSS_LABEL = "Validation loss (nats/token)"
@@ -131,8 +141,10 @@ def learning_curves(history: pd.DataFrame, *, x: str = "tokens", loss: str = "va
         failed = status.loc[run.index[0]] != "complete"
         ax.plot(run.loc[finite, x], run.loc[finite, loss], lw=1.1, alpha=0.8, ls=":" if failed else "-",
                 color=colormaps[SIZE_CMAP](norm(run[n_col].iloc[0])))
+    optimal = _optimal_line(ax, history)
     if (status != "complete").any():
         ax.plot([], [], color="0.4", ls=":", label="not complete (diverged, failed or running)")
+    if optimal or (status != "complete").any():
         ax.legend(fontsize=8)
     _log_x(ax)
     _log_loss_axis(ax)
@@ -184,6 +196,7 @@ def isoflop(runs: pd.DataFrame, fits=None, *, loss: str = "val_loss") -> Figure:
             ax_p.plot(np.exp(ln_n), row["c0"] + row["c1"] * x + row["c2"] * x * x, color=color, lw=1.3)
             ax_p.scatter([row["N_opt"]], [parabola_min(row)], marker="*", s=140, color=color,
                          edgecolor="black", zorder=4)
+    _optimal_line(ax_p, final)
     ax_p.scatter([], [], s=20, color="0.5", label="final loss of a run")
     if len(parabolas):
         ax_p.plot([], [], color="0.5", label="parabola in ln N")
@@ -423,6 +436,19 @@ def _size_norm(sizes) -> LogNorm:
 
 def _size_mappable(norm):
     return ScalarMappable(norm=norm, cmap=SIZE_CMAP)
+
+
+def _optimal_line(ax, frame: pd.DataFrame) -> bool:
+    """The source's own cross-entropy on the validation tokens (a synthetic source's true floor),
+    dashed, when the records have it. Runs of one sweep score the same windows: their mean is drawn."""
+    if "val_loss_optimal" not in frame:
+        return False
+    values = pd.to_numeric(frame["val_loss_optimal"], errors="coerce").dropna()
+    if values.empty:
+        return False
+    ax.axhline(float(values.mean()), ls="--", color="0.35", lw=1.1,
+               label=f"true optimal loss {values.mean():.3f} (source's cross-entropy)")
+    return True
 
 
 def _log_x(ax) -> None:

@@ -104,10 +104,8 @@ def _print_plan(sweep, runs) -> None:
 
     from scaling.flops import param_counts
     from scaling.hardware import peak_flops
-    from scaling.launch import run_flops
-    peak = peak_flops("float32")
-    # An assumed utilisation for the time estimate; `scaling bench` measures the real one.
-    assumed_mfu = 0.15
+    from scaling.launch import ASSUMED_MFU as assumed_mfu, run_flops
+    peak = peak_flops("float32")  # with an assumed utilisation: `scaling bench` measures the real one
     table = Table(title=f"{sweep.name}: {len(runs)} runs -> {sweep.out_dir}")
     for col in ("run_id", "grid", "n_layer", "d_model", "n_head", "d_ff", "N (non-embed)", "D (tokens)", "steps",
                 "FLOPs", "est. time"):

@@ -15,6 +15,8 @@ import json
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 
 class ConfigError(Exception):
     """A user mistake in a sweep file: one line naming the file, the key path and what was expected."""
@@ -342,3 +344,9 @@ def _short(x: float) -> str:
     exp = int(math.floor(math.log10(x)))
     mant = x / 10**exp
     return f"{mant:.3g}e{exp}"
+
+
+def eval_steps(total_steps: int, points: int) -> list[int]:
+    """Log-spaced evaluation steps from 1 to the last step, always including the last."""
+    grid = np.unique(np.round(np.geomspace(1, total_steps, num=max(points, 1))).astype(int))
+    return sorted(set(int(s) for s in grid) | {total_steps})

@@ -26,6 +26,8 @@ from scaling.run import write_failure
 from scaling.sweep import SweepConfig
 
 DONE = ("complete", "diverged")
+# The utilisation assumed before any step is measured (dry-run estimates, the ETA's prior).
+ASSUMED_MFU = 0.15
 
 
 class LaunchError(Exception):
@@ -102,47 +104,73 @@ def die_with_parent():
 
 
 class _Display:
-    def __init__(self, total_flops: float, n_runs: int, quiet: bool):
-        self.quiet, self.n_runs, self.done = quiet, n_runs, 0
+    """The sweep's progress: one bar over the sweep's FLOPs with a learned ETA (scaling/eta.py), one
+    bar per active run; or, quiet, one line per start and finish with the ETA."""
+
+    def __init__(self, todo: list[RunSpec], workers: int, quiet: bool, on_eta=None):
+        from scaling.eta import Eta, RunCost
+        from scaling.hardware import peak_flops
+
+        self.quiet, self.n_runs, self.done, self.on_eta = quiet, len(todo), 0, on_eta
+        self.t0 = time.monotonic()
+        self.eta = Eta(workers=workers, prior_flops_per_second=ASSUMED_MFU * peak_flops("float32").flops_per_second)
+        self.eta.plan([RunCost.of(spec) for spec in todo])
         self.progress = None
+        total_flops = sum(map(run_flops, todo))
         if not quiet:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                                     TimeElapsedColumn(), TimeRemainingColumn(), refresh_per_second=4)
-            self.sweep_task = self.progress.add_task(f"sweep 0/{n_runs} runs", total=total_flops, info="")
+                                     TimeElapsedColumn(), refresh_per_second=4)
+            self.sweep_task = self.progress.add_task(f"sweep 0/{self.n_runs} runs", total=total_flops, info="")
             self.run_tasks: dict[str, tuple[int, float]] = {}
             self.progress.start()
         self.total_flops = total_flops
 
+    def _eta_text(self) -> str:
+        from scaling.eta import format_seconds
+        now = time.monotonic()
+        remaining = self.eta.remaining(now)
+        if self.on_eta:
+            self.on_eta(now - self.t0, remaining)
+        return f"ETA {format_seconds(remaining)}"
+
     def start(self, spec: RunSpec):
+        from scaling.eta import RunCost
+        self.eta.started(spec.run_id, RunCost.of(spec), time.monotonic())
         if self.quiet:
-            print(f"start {spec.run_id} (N={_n(spec)}, D={spec.steps * spec.batch_size * spec.model.seq_len:.3g})",
-                  flush=True)
+            print(f"start {spec.run_id} (N={_n(spec)}, D={spec.steps * spec.batch_size * spec.model.seq_len:.3g}) "
+                  f"[sweep {self._eta_text()}]", flush=True)
         else:
             task = self.progress.add_task(f"  {spec.run_id}", total=spec.steps, info="compiling")
             self.run_tasks[spec.run_id] = (task, 0.0)
 
     def update(self, spec: RunSpec, event: dict):
+        tps = event.get("tokens_per_second")
+        self.eta.stepped(spec.run_id, event["step"], tps, spec.batch_size * spec.model.seq_len, time.monotonic())
         if self.quiet:
+            if self.on_eta:
+                self._eta_text()
             return
         task, flops_seen = self.run_tasks[spec.run_id]
         flops_now = run_flops(spec) * event["step"] / spec.steps
-        tps = event.get("tokens_per_second")
         info = f"step {event['step']}/{spec.steps} loss {event['loss']:.3f}" + (f" {tps:,.0f} tok/s" if tps else "")
         self.progress.update(task, completed=event["step"], info=info)
         self.progress.advance(self.sweep_task, flops_now - flops_seen)
+        self.progress.update(self.sweep_task, info=self._eta_text())
         self.run_tasks[spec.run_id] = (task, flops_now)
 
     def finish(self, spec: RunSpec, status: str, error: str | None):
         self.done += 1
+        self.eta.finished(spec.run_id, time.monotonic())
         if self.quiet:
-            print(f"{status} {spec.run_id}" + (f": {error}" if error else ""), flush=True)
+            print(f"{status} {spec.run_id}" + (f": {error}" if error else "") + f" [sweep {self._eta_text()}]",
+                  flush=True)
             return
         task, flops_seen = self.run_tasks.pop(spec.run_id)
         self.progress.remove_task(task)
         self.progress.advance(self.sweep_task, run_flops(spec) - flops_seen)
-        self.progress.update(self.sweep_task, description=f"sweep {self.done}/{self.n_runs} runs")
+        self.progress.update(self.sweep_task, description=f"sweep {self.done}/{self.n_runs} runs",
+                             info=self._eta_text())
         if status != "complete":
             self.progress.console.print(f"[red]{status}[/red] {spec.run_id}" + (f": {error}" if error else ""))
 
@@ -157,13 +185,15 @@ def _n(spec: RunSpec) -> str:
 
 
 def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quiet: bool = False,
-              extra_env: dict | None = None) -> SweepReport:
+              extra_env: dict | None = None, on_eta=None) -> SweepReport:
+    """Train `runs` here, at most `max_parallel` at once, longest first. `on_eta(elapsed_s, remaining_s)`
+    is called with every ETA the display computes (benchmarks/bench_schedule.py checks them)."""
     report = SweepReport()
     todo = pending_runs(sweep, runs, report)
     if not todo:
         return report
     workers = max_parallel or sweep.max_parallel
-    display = _Display(sum(map(run_flops, todo)), len(todo), quiet)
+    display = _Display(todo, workers, quiet, on_eta)
     env = {**os.environ, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
     sel = selectors.DefaultSelector()
     active: dict[int, tuple[subprocess.Popen, RunSpec, dict]] = {}

@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 
 from scaling import sharding as shd
-from scaling.config import OptimConfig, RunSpec
+from scaling.config import OptimConfig, RunSpec, eval_steps  # noqa: F401 (eval_steps: part of this API)
 from scaling.model import GPT, token_losses
 
 ECE_BINS = 15  # equal-width confidence bins (Guo et al. 2017)
@@ -218,12 +218,6 @@ def evaluate(program: Program, params, windows: np.ndarray, chunk: int) -> dict:
     ece = float(np.sum(np.abs(totals["bin_correct"] - totals["bin_confidence"])) / n)
     return {"val_loss": float(totals["nll"]) / n, "val_entropy": float(totals["entropy"]) / n, "val_ece": ece,
             "ece_bins": {k: totals[k].tolist() for k in ("bin_confidence", "bin_correct", "bin_count")}}
-
-
-def eval_steps(total_steps: int, points: int) -> list[int]:
-    """Log-spaced evaluation steps from 1 to the last step, always including the last."""
-    grid = np.unique(np.round(np.geomspace(1, total_steps, num=max(points, 1))).astype(int))
-    return sorted(set(int(s) for s in grid) | {total_steps})
 
 
 def eval_chunk(spec: RunSpec, n_devices: int) -> int:

@@ -84,6 +84,30 @@ def test_transitions_table_and_figures():
     assert len(figures[0].axes) >= 6
 
 
+def _calibration(run_ids, steps=(1, 100)):
+    return pd.DataFrame([{"run_id": r, "step": s, "bin": b, "bin_lower": b / 15, "bin_upper": (b + 1) / 15,
+                          "count": 10.0, "confidence": (b + 0.5) / 15, "accuracy": min(1, (b + 2) / 15)}
+                         for r in run_ids for s in steps for b in range(15)])
+
+
+def test_make_plots_draws_emergence_confidence_and_reliability(tmp_path):
+    from analysis import make_plots
+    hist = _history().assign(sweep="emergence", grid="kaplan", n_params_nonembed=lambda f: f["n_params"])
+    for run_id, rows in hist.groupby("run_id"):
+        folder = tmp_path / "emergence" / "runs" / run_id
+        folder.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pandas(rows.assign(status="running"), preserve_index=False),
+                       folder / "history.parquet")
+        pq.write_table(pa.Table.from_pandas(rows.tail(1).assign(status="complete"), preserve_index=False),
+                       folder / "summary.parquet")
+        pq.write_table(pa.Table.from_pandas(_calibration([run_id]), preserve_index=False),
+                       folder / "calibration.parquet")
+    written = make_plots.sweep_figures(tmp_path / "emergence", bootstrap=0)
+    names = {p.stem for p in written}
+    assert {"learning_curves", "emergence_add", "confidence", "reliability"} <= names
+    assert all(p.stat().st_size > 0 for p in written)
+
+
 def test_load_calibration_reads_every_run(tmp_path):
     for run in ("a", "b"):
         path = tmp_path / "runs" / run

@@ -1,0 +1,168 @@
+"""How long the rest of a sweep will take: a cost model of each run, learned while the sweep runs.
+
+A run's wall time is modelled as
+
+    T = startup + steps * (a + f * u) + evals * (g * u + p)
+
+with f the training FLOPs of one step and g the forward FLOPs of one evaluation (this project's exact
+count, scaling/flops.py), u seconds per FLOP, a the fixed cost of a step (dispatch, host batching),
+startup the process start, data and compilation, and p the fixed cost of one evaluation (probes,
+checkpoint, records). FLOPs alone (rich's default ETA) mispredict a sweep whose small models run far
+below the machine's peak, and a sweep ordered longest first runs its fast-MFU models early.
+
+Everything is learned from the sweep itself: (a, u) by least squares in relative error over the
+observed step times of every run so far (each run's own tokens/s), startup from spawn to first step,
+p from finished runs' walls; until a quantity is observed, a prior stands in. The remaining time is
+then a simulation of the launcher's own schedule: runs in queue order onto `workers` slots, each slot
+first finishing its active run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scaling.config import RunSpec, eval_steps
+from scaling.flops import training_flops_per_token
+
+PRIOR_STARTUP_S = 8.0  # a fresh process: imports, data, compile (or a cache hit)
+PRIOR_STEP_OVERHEAD_S = 2e-3
+PRIOR_EVAL_OVERHEAD_S = 0.3
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """What the cost model needs of one run."""
+
+    steps: int
+    step_flops: float  # training FLOPs of one step
+    evals: int
+    eval_flops: float  # forward FLOPs of one evaluation
+
+    @classmethod
+    def of(cls, spec: RunSpec) -> "RunCost":
+        per_token = training_flops_per_token(**dataclasses.asdict(spec.model))
+        tokens_per_step = spec.batch_size * spec.model.seq_len
+        eval_tokens = spec.train.eval_sequences * spec.model.seq_len
+        return cls(steps=spec.steps, step_flops=per_token * tokens_per_step,
+                   evals=len(eval_steps(spec.steps, spec.train.eval_points)), eval_flops=per_token / 3 * eval_tokens)
+
+
+@dataclass
+class _Run:
+    cost: RunCost
+    spawned: float
+    first_step_at: float | None = None
+    step: int = 0
+    step_seconds: float | None = None  # the run's own steady step time (from its tokens/s)
+
+
+@dataclass
+class Eta:
+    """Feed it the launcher's events (with a clock), ask `remaining(now)`."""
+
+    workers: int
+    prior_flops_per_second: float  # e.g. 15% of the device's peak, until steps are observed
+    active: dict[str, _Run] = field(default_factory=dict)
+    queue: list[RunCost] = field(default_factory=list)  # not started, in launch order
+    _steps: list[tuple[float, float]] = field(default_factory=list)  # (step_flops, seconds) per observed run
+    _startups: list[float] = field(default_factory=list)
+    _eval_overheads: list[float] = field(default_factory=list)
+
+    def plan(self, costs: list[RunCost]) -> None:
+        self.queue = list(costs)
+
+    def started(self, run_id: str, cost: RunCost, now: float) -> None:
+        if cost in self.queue:
+            self.queue.remove(cost)
+        self.active[run_id] = _Run(cost, spawned=now)
+
+    def stepped(self, run_id: str, step: int, tokens_per_second: float | None, tokens_per_step: int,
+                now: float) -> None:
+        run = self.active.get(run_id)
+        if run is None:
+            return
+        if run.first_step_at is None:
+            run.first_step_at = now
+            self._startups.append(now - run.spawned)
+        run.step = step
+        if tokens_per_second:
+            run.step_seconds = tokens_per_step / tokens_per_second
+
+    def finished(self, run_id: str, now: float) -> None:
+        run = self.active.pop(run_id, None)
+        if run is None or run.step_seconds is None or run.first_step_at is None:
+            return
+        c = run.cost
+        self._steps.append((c.step_flops, run.step_seconds))
+        a, u = self._step_model()
+        if c.evals:
+            rest = (now - run.first_step_at) - c.steps * run.step_seconds - c.evals * c.eval_flops * u
+            self._eval_overheads.append(max(rest / c.evals, 0.0))
+
+    # -- the model ---------------------------------------------------------------------------
+
+    def _step_model(self) -> tuple[float, float]:
+        """(a, u) minimising sum ((a + f u) / t - 1)^2 over observed runs (active ones included),
+        with a weak pull towards the priors so one observed shape still gives a full model."""
+        obs = list(self._steps) + [(r.cost.step_flops, r.step_seconds) for r in self.active.values()
+                                   if r.step_seconds is not None]
+        a0, u0 = PRIOR_STEP_OVERHEAD_S, 1.0 / self.prior_flops_per_second
+        if not obs:
+            return a0, u0
+        f = np.array([o[0] for o in obs])
+        t = np.array([o[1] for o in obs])
+        rows = [np.stack([1.0 / t, f / t], axis=1)]
+        target = [np.ones(len(t))]
+        w = 0.05  # prior weight, relative to one observation
+        rows.append(np.array([[w / a0, 0.0], [0.0, w / u0]]))
+        target.append(np.array([w, w]))
+        (a, u), *_ = np.linalg.lstsq(np.concatenate(rows), np.concatenate(target), rcond=None)
+        if a < 0 or u <= 0:  # one shape cannot split a from u: attribute it all to throughput
+            a, u = 0.0, float(np.median(t / f))
+        return float(a), float(u)
+
+    def step_seconds(self, cost: RunCost) -> float:
+        a, u = self._step_model()
+        return a + cost.step_flops * u
+
+    def eval_seconds(self, cost: RunCost) -> float:
+        _, u = self._step_model()
+        p = float(np.mean(self._eval_overheads)) if self._eval_overheads else PRIOR_EVAL_OVERHEAD_S
+        return cost.eval_flops * u + p
+
+    def startup_seconds(self) -> float:
+        return float(np.mean(self._startups)) if self._startups else PRIOR_STARTUP_S
+
+    def predict(self, cost: RunCost) -> float:
+        """Seconds for a whole run that has not started."""
+        return self.startup_seconds() + cost.steps * self.step_seconds(cost) + cost.evals * self.eval_seconds(cost)
+
+    def _left(self, run: _Run, now: float) -> float:
+        c = run.cost
+        if run.first_step_at is None:
+            return max(self.predict(c) - (now - run.spawned), 0.0)
+        step_s = run.step_seconds if run.step_seconds is not None else self.step_seconds(c)
+        evals_left = c.evals * (1 - run.step / c.steps) if c.steps else 0
+        return (c.steps - run.step) * step_s + evals_left * self.eval_seconds(c)
+
+    def remaining(self, now: float) -> float:
+        """Seconds until the last run ends, scheduling the queue as the launcher does."""
+        slots = sorted(self._left(r, now) for r in self.active.values())
+        slots += [0.0] * max(self.workers - len(slots), 0)
+        for cost in self.queue:
+            i = int(np.argmin(slots))
+            slots[i] += self.predict(cost)
+        return max(slots) if slots else 0.0
+
+
+def format_seconds(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
