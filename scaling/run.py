@@ -75,7 +75,10 @@ def enable_compilation_cache() -> None:
     from scaling.data import cache_dir
     if jax.config.jax_compilation_cache_dir is None:
         jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+        # Every program, however quick to compile: a run has a dozen small ones (init, eval,
+        # probes, sampling) whose compiles add up to more than the train step's.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], None] | None = None,
