@@ -452,10 +452,10 @@ def run_pack_and_record(specs, out_dir: str | Path, *, on_step: Callable[[dict],
     complete | diverged | failed | locked and error.
 
     Runs already finished are skipped (their recorded status is returned); runs another process
-    holds are `locked`. The rest are grouped by the step their checkpoints resume from, and each
-    group trains as one pack (a group of one trains alone). When they cannot be packed here
-    (`PackError`: a mesh of several devices, runs of different shapes), they train alone, one
-    after another. Events passed to `on_step` carry the run's `run_id`."""
+    holds are `locked`. The rest are grouped by what they compute (`pack_key`) and the step their
+    checkpoints resume from, and each group trains as one pack (a group of one trains alone). When
+    a group cannot be packed here (`PackError`: a mesh of several devices), its runs train alone,
+    one after another. Events passed to `on_step` carry the run's `run_id`."""
     results: dict[str, dict] = {}
     todo, locks = [], []
     for spec in specs:
@@ -473,9 +473,9 @@ def run_pack_and_record(specs, out_dir: str | Path, *, on_step: Callable[[dict],
         todo.append(spec)
     kwargs = {"devices": devices, "halt_at": halt_at}
     try:
-        groups: dict[int | None, list[RunSpec]] = {}
+        groups: dict[tuple, list[RunSpec]] = {}
         for spec in todo:
-            groups.setdefault(_latest_checkpoint(spec, out_dir), []).append(spec)
+            groups.setdefault((pack_key(spec), _latest_checkpoint(spec, out_dir)), []).append(spec)
         for group in groups.values():
             if len(group) == 1:
                 results[group[0].run_id] = _alone(group[0], out_dir, on_step, **kwargs)
