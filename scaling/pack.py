@@ -101,6 +101,10 @@ class PackedProgram:
     init_opt: Callable
     take: Callable  # jitted (tree, i) -> member i's slice
 
+    @property
+    def n_micro(self) -> int:
+        return self.lone.n_micro
+
     def train_step(self, params, opt_state, batch):
         return self.step(params, opt_state, self.hyper, batch)
 
