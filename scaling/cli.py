@@ -130,6 +130,10 @@ def cmd_run(args) -> int:
     from scaling.distributed import DistributedError
     from scaling.job import run_one
 
+    if len(args.run_id) > 1:
+        return _run_pack(args)
+    args.run_id = args.run_id[0]
+
     def run(on_step):
         return run_one(args.sweep, args.run_id, on_step=on_step, distributed=args.distributed,
                        coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
@@ -161,6 +165,41 @@ def cmd_run(args) -> int:
     except DistributedError as e:
         return _fail(str(e))
     return 0 if result["status"] in ("complete", "diverged") else 1
+
+
+def _run_pack(args) -> int:
+    """Several --run-id: the runs train together in this process (scaling/pack.py)."""
+    from scaling.job import run_pack
+    if args.distributed == "on" or args.coordinator or args.num_processes or args.process_id is not None:
+        return _fail("several --run-id train together in one process: not with --distributed on or the "
+                     "multi-host flags")
+    if args.progress == "jsonl":
+        from scaling.launch import die_with_parent
+        die_with_parent()
+        results = run_pack(args.sweep, args.run_id,
+                           on_step=lambda event: print(json.dumps({"event": "step", **event}), flush=True))
+        for r in results:
+            print(json.dumps({"event": "done", "run_id": r["run_id"], "status": r["status"], "error": r.get("error")}),
+                  flush=True)
+    else:
+        from rich.progress import Progress
+        progress, tasks = Progress(transient=True), {}
+
+        def on_step(event):
+            if not tasks:
+                progress.start()
+            if event["run_id"] not in tasks:
+                tasks[event["run_id"]] = progress.add_task(event["run_id"], total=event["steps"])
+            progress.update(tasks[event["run_id"]], completed=event["step"],
+                            description=f"{event['run_id']} loss {event['loss']:.3f}")
+        try:
+            results = run_pack(args.sweep, args.run_id, on_step=on_step)
+        finally:
+            if tasks:
+                progress.stop()
+        for r in results:
+            print(f"{r['status']} {r['run_id']}" + (f": {r['error']}" if r.get("error") else ""))
+    return 0 if all(r["status"] in ("complete", "diverged") for r in results) else 1
 
 
 def cmd_status(args) -> int:
@@ -242,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="train one run of a sweep (what a launcher calls)")
     r.add_argument("sweep")
-    r.add_argument("--run-id", required=True)
+    r.add_argument("--run-id", required=True, action="append",
+                   help="the run to train; repeat it to train several runs together in this process (packed)")
     r.add_argument("--progress", choices=("rich", "jsonl"), default="rich")
     d = r.add_argument_group("multi-host: one run over several processes (give all three, on every process)")
     d.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address, reachable from every process")

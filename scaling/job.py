@@ -47,3 +47,19 @@ def run_one(sweep_path: str | Path, run_id: str, *, on_step: Callable[[dict], No
 def outcome(result: dict) -> dict:
     """The small, picklable part of a run's summary that a launcher reports back."""
     return {"run_id": result.get("run_id"), "status": result.get("status"), "error": result.get("error")}
+
+
+def run_pack(sweep_path: str | Path, run_ids: list[str], *, on_step: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train runs `run_ids` of the sweep file together in this one process, as packs where they may
+    share one (scaling/pack.py), and return each run's summary, in order. One process, no
+    `jax.distributed`. Raises ConfigError for an unknown run id."""
+    import jax
+
+    from scaling.pack import run_pack_and_record
+    from scaling.sweep import load_sweep
+    sweep = load_sweep(sweep_path, device_count=jax.device_count())
+    by_id = {s.run_id: s for s in sweep.runs}
+    for run_id in run_ids:
+        if run_id not in by_id:
+            raise ConfigError(str(sweep_path), "--run-id", f"no run {run_id!r} in this sweep (see --dry-run)")
+    return run_pack_and_record([by_id[r] for r in run_ids], sweep.out_dir, on_step=on_step)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import json
+import math
 import os
 import selectors
 import signal
@@ -184,10 +185,31 @@ def _n(spec: RunSpec) -> str:
     return f"{param_counts(**dataclasses.asdict(spec.model)).n_params_nonembed:.3g}"
 
 
+def local_jobs(sweep: SweepConfig, todo: list[RunSpec], report: SweepReport) -> list[list[RunSpec]]:
+    """The runs of each local process: one run each, or with `pack = true` packs of runs that train
+    together (scaling/pack.py), largest work first. A pack needs a one-device mesh; on more devices
+    the runs train alone (and the report says so)."""
+    if not sweep.pack:
+        return [[spec] for spec in todo]
+    import jax
+
+    from scaling.pack import plan_packs
+    n_devices = jax.device_count()
+    single, alone = [], []
+    for spec in todo:
+        (single if math.prod(spec.mesh.axis_sizes(n_devices).values()) == 1 else alone).append(spec)
+    alone = [[spec] for spec in alone]
+    if alone:
+        report.notes.append(f"pack = true: {len(alone)} run(s) have a mesh of several devices and train alone")
+    jobs = plan_packs(single, sweep.pack_size) + alone
+    return sorted(jobs, key=lambda job: sum(map(run_flops, job)), reverse=True)
+
+
 def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quiet: bool = False,
               extra_env: dict | None = None, on_eta=None) -> SweepReport:
-    """Train `runs` here, at most `max_parallel` at once, longest first. `on_eta(elapsed_s, remaining_s)`
-    is called with every ETA the display computes (benchmarks/bench_schedule.py checks them)."""
+    """Train `runs` here, at most `max_parallel` processes at once (a pack of runs is one), longest
+    first. `on_eta(elapsed_s, remaining_s)` is called with every ETA the display computes
+    (benchmarks/bench_schedule.py checks them)."""
     report = SweepReport()
     todo = pending_runs(sweep, runs, report)
     if not todo:
@@ -196,42 +218,49 @@ def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quie
     display = _Display(todo, workers, quiet, on_eta)
     env = {**os.environ, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
     sel = selectors.DefaultSelector()
-    active: dict[int, tuple[subprocess.Popen, RunSpec, dict]] = {}
-    queue = list(todo)
+    active: dict[int, tuple[subprocess.Popen, dict[str, RunSpec], dict[str, dict]]] = {}
+    queue = local_jobs(sweep, todo, report)
     try:
         while queue or active:
             while queue and len(active) < workers:
-                spec = queue.pop(0)
-                # --distributed off: one process per run here, even inside an salloc shell whose
-                # SLURM variables the child inherits.
-                proc = subprocess.Popen([sys.executable, "-m", "scaling", "run", sweep.path, "--run-id", spec.run_id,
+                job = {spec.run_id: spec for spec in queue.pop(0)}
+                # --distributed off: one process per run (or pack) here, even inside an salloc shell
+                # whose SLURM variables the child inherits.
+                ids = [arg for run_id in job for arg in ("--run-id", run_id)]
+                proc = subprocess.Popen([sys.executable, "-m", "scaling", "run", sweep.path, *ids,
                                          "--progress", "jsonl", "--distributed", "off"], stdout=subprocess.PIPE,
                                         env=env, text=True, bufsize=1)
-                state = {"status": None, "error": None}
-                active[proc.pid] = (proc, spec, state)
-                report.max_running = max(report.max_running, len(active))
+                states = {run_id: {"status": None, "error": None} for run_id in job}
+                active[proc.pid] = (proc, job, states)
+                report.max_running = max(report.max_running, sum(len(j) for _, j, _ in active.values()))
                 sel.register(proc.stdout, selectors.EVENT_READ, proc.pid)
-                display.start(spec)
+                for spec in job.values():
+                    display.start(spec)
             for key, _ in sel.select(timeout=1.0):
-                proc, spec, state = active[key.data]
+                proc, job, states = active[key.data]
                 line = key.fileobj.readline()
                 if line:
                     try:
                         event = json.loads(line)
                     except json.JSONDecodeError:
                         continue  # a library printing to stdout
+                    # A lone run's events carry no run_id; a pack's name their run.
+                    run_id = event.get("run_id") if len(job) > 1 else next(iter(job))
+                    if run_id not in job:
+                        continue
                     if event.get("event") == "step":
-                        display.update(spec, event)
+                        display.update(job[run_id], event)
                     elif event.get("event") == "done":
-                        state.update(status=event["status"], error=event.get("error"))
+                        states[run_id].update(status=event["status"], error=event.get("error"))
                     continue
                 sel.unregister(key.fileobj)
                 code = proc.wait()
-                status, error = state["status"], state["error"]
-                if status is None:  # the child died without reporting: a crash, OOM or kill
-                    error = f"run process exited with code {code}"
-                status = finish_run(report, sweep, spec, status, error)
-                display.finish(spec, status, error)
+                for run_id, spec in job.items():
+                    status, error = states[run_id]["status"], states[run_id]["error"]
+                    if status is None:  # the child died without reporting: a crash, OOM or kill
+                        error = f"run process exited with code {code}"
+                    status = finish_run(report, sweep, spec, status, error)
+                    display.finish(spec, status, error)
                 del active[key.data]
     finally:
         for proc, _, _ in active.values():

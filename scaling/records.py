@@ -33,6 +33,7 @@ SCHEMA = pa.schema([
     ("wall_seconds", pa.float64()), ("tokens_per_second", pa.float64()), ("mfu", pa.float64()),
     ("peak_flops", pa.float64()), ("peak_flops_source", pa.string()), ("device_kind", pa.string()),
     ("n_devices", pa.int64()), ("mesh", pa.string()),
+    ("pack_size", pa.int64()),  # runs trained together in one program (scaling/pack.py); 1 alone
 ])
 
 STATUSES = ("running", "complete", "diverged", "failed")

@@ -37,7 +37,7 @@ def base_row(spec: RunSpec) -> dict:
         "n_params_nonembed": counts.n_params_nonembed, "n_params_embed": counts.n_params_embed,
         "batch_tokens": spec.batch_size * m.seq_len, "target_tokens": spec.steps * spec.batch_size * m.seq_len,
         "flops_convention": FLOPS_CONVENTION,
-        "flops_budget": spec.flops_budget if spec.flops_budget is not None else math.nan,
+        "flops_budget": spec.flops_budget if spec.flops_budget is not None else math.nan, "pack_size": 1,
     }
 
 

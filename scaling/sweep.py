@@ -36,6 +36,10 @@ class SweepConfig:
     runs: tuple[RunSpec, ...]
     slurm: SlurmConfig = dataclasses.field(default_factory=SlurmConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+    # Local launcher: runs that differ only in seed or scalar hyper-parameters train together in one
+    # process, at most `pack_size` at once (scaling/pack.py).
+    pack: bool = False
+    pack_size: int = 8
 
     def devices_per_run(self, launcher: str | None = None) -> int | None:
         """The devices one run gets under `launcher` (default: the sweep's), where the sweep file says:
@@ -225,6 +229,8 @@ def load_sweep(path: str | Path, *, device_count: int | None = None) -> SweepCon
     seeds = _int_list(sw, "seeds", min=0) if "seeds" in sw.data else [0]
     launcher = sw.str("launcher", "local", choices=LAUNCHERS)
     max_parallel = sw.int("max_parallel", 1, min=1)
+    pack = sw.bool("pack", False)
+    pack_size = sw.int("pack_size", 8, min=1)
     sw.finish()
 
     d = root.sub("data")
@@ -314,7 +320,7 @@ def load_sweep(path: str | Path, *, device_count: int | None = None) -> SweepCon
             seen.add(spec.run_id)
             runs.append(spec)
     sweep = SweepConfig(name=name, path=file, out_dir=out_dir, launcher=launcher, max_parallel=max_parallel,
-                        runs=tuple(runs), slurm=slurm, ray=ray)
+                        runs=tuple(runs), slurm=slurm, ray=ray, pack=pack, pack_size=pack_size)
     check_devices(sweep, device_count)
     return sweep
 

@@ -147,24 +147,7 @@ def build_program(spec: RunSpec, mesh: jax.sharding.Mesh) -> Program:
         nnx.replace_by_pure_dict(state, _unflatten(params))
         return nnx.merge(graphdef, state)(inputs_bs)
 
-    def loss_fn(params, batch_bs):
-        logits = forward(params, batch_bs[:, :-1])
-        nll, objective, _ = token_losses(logits, batch_bs[:, 1:], label_smoothing=t.label_smoothing,
-                                         entropy_coef=t.entropy_coef)
-        return objective.mean(), nll.mean()
-
-    def train_step(params, opt_state, batch_mbs):
-        def micro_step(carry, batch_bs):
-            grads, nll = carry
-            (_, nll_i), grads_i = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_bs)
-            return (jax.tree.map(jnp.add, grads, grads_i), nll + nll_i), None
-
-        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-        (grads, nll), _ = jax.lax.scan(micro_step, (zeros, jnp.float32(0.0)), batch_mbs)
-        grads = jax.tree.map(lambda g: g / n_micro, grads)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": nll / n_micro, "grad_norm": optax.tree.norm(grads)}
+    train_step = make_train_step(forward, tx, n_micro, t.label_smoothing, t.entropy_coef)
 
     def eval_step(params, batch_bs):
         logits = forward(params, batch_bs[:, :-1])
@@ -185,6 +168,33 @@ def build_program(spec: RunSpec, mesh: jax.sharding.Mesh) -> Program:
     return Program(spec=spec, mesh=mesh, graphdef=graphdef, state_template=state_template,
                    param_shardings=param_shardings, opt_shardings=opt_shardings, tx=tx, train_step=jit_train,
                    eval_step=jit_eval, n_micro=n_micro)
+
+
+def make_train_step(forward: Callable, tx: optax.GradientTransformation, n_micro: int, label_smoothing=0.0,
+                    entropy_coef=0.0) -> Callable:
+    """The pure step (params, opt_state, batch [n_micro, B, S+1]) -> (params, opt_state, metrics).
+    `forward(params, inputs_bs)` gives logits. The optimizer's hyper-parameters and the objective's
+    coefficients may be traced arrays: scaling/pack.py vmaps this step over packed runs."""
+    def loss_fn(params, batch_bs):
+        logits = forward(params, batch_bs[:, :-1])
+        nll, objective, _ = token_losses(logits, batch_bs[:, 1:], label_smoothing=label_smoothing,
+                                         entropy_coef=entropy_coef)
+        return objective.mean(), nll.mean()
+
+    def train_step(params, opt_state, batch_mbs):
+        def micro_step(carry, batch_bs):
+            grads, nll = carry
+            (_, nll_i), grads_i = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_bs)
+            return (jax.tree.map(jnp.add, grads, grads_i), nll + nll_i), None
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        (grads, nll), _ = jax.lax.scan(micro_step, (zeros, jnp.float32(0.0)), batch_mbs)
+        grads = jax.tree.map(lambda g: g / n_micro, grads)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, {"loss": nll / n_micro, "grad_norm": optax.tree.norm(grads)}
+
+    return train_step
 
 
 def to_global(local: np.ndarray, sharding, global_shape) -> jax.Array:
