@@ -156,6 +156,14 @@ def _n(spec: RunSpec) -> str:
     return f"{param_counts(**dataclasses.asdict(spec.model)).n_params_nonembed:.3g}"
 
 
+def _next_run(queue: list[RunSpec], plan, out_dir, unfinished: set[str], idle: bool) -> RunSpec | None:
+    """The first queued run that may start: a branch waits for its trunk's seed (scaling/branch.py)."""
+    if plan is None:
+        return queue[0]
+    ready = next((s for s in queue if plan.ready(s, out_dir, unfinished)), None)
+    return ready or (queue[0] if idle else None)
+
+
 def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quiet: bool = False,
               extra_env: dict | None = None) -> SweepReport:
     report = SweepReport()
@@ -163,6 +171,10 @@ def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quie
     if not todo:
         return report
     workers = max_parallel or sweep.max_parallel
+    plan = None
+    if sweep.branch:
+        from scaling.branch import plan as branch_plan
+        plan = branch_plan(sweep.runs)
     display = _Display(sum(map(run_flops, todo)), len(todo), quiet)
     env = {**os.environ, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
     sel = selectors.DefaultSelector()
@@ -171,7 +183,11 @@ def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quie
     try:
         while queue or active:
             while queue and len(active) < workers:
-                spec = queue.pop(0)
+                spec = _next_run(queue, plan, sweep.out_dir, {s.run_id for s in queue} |
+                                 {a[1].run_id for a in active.values()}, idle=not active)
+                if spec is None:
+                    break
+                queue.remove(spec)
                 # --distributed off: one process per run here, even inside an salloc shell whose
                 # SLURM variables the child inherits.
                 proc = subprocess.Popen([sys.executable, "-m", "scaling", "run", sweep.path, "--run-id", spec.run_id,

@@ -33,6 +33,9 @@ SCHEMA = pa.schema([
     ("wall_seconds", pa.float64()), ("tokens_per_second", pa.float64()), ("mfu", pa.float64()),
     ("peak_flops", pa.float64()), ("peak_flops_source", pa.string()), ("device_kind", pa.string()),
     ("n_devices", pa.int64()), ("mesh", pa.string()),
+    # WSD branching (scaling/branch.py): the trunk's run_id and the step this run left it at; null
+    # for a run trained from step 0 on its own.
+    ("branched_from", pa.string()), ("branch_step", pa.int64()),
 ])
 
 STATUSES = ("running", "complete", "diverged", "failed")
