@@ -186,7 +186,8 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
 
     def row(over: dict | None = None, **values) -> dict:
         tokens = values["step"] * tokens_per_step
-        return {**base, **(over or {}), "status": "running", "error": None, "tokens": tokens, "flops": flops_per_token * tokens,
+        return {**base, **(over or {}), "status": "running", "error": None, "tokens": tokens,
+                "flops": flops_per_token * tokens,
                 "flops_6nd": flops_6nd(base["n_params_nonembed"], tokens), "val_bits_per_byte": math.nan,
                 "val_loss_optimal": val_loss_optimal, **chance, **values}
 

@@ -82,7 +82,8 @@ def test_branches_equal_their_runs_trained_alone_and_survive_kills(tmp_path):
         assert summary["flops"] == reference[-1]["flops"]
         cal = pq.read_table(records.run_dir(out, b.spec.run_id) / "calibration.parquet").to_pandas()
         cal_alone = pq.read_table(records.run_dir(alone, b.spec.run_id) / "calibration.parquet").to_pandas()
-        assert (cal["run_id"] == b.spec.run_id).all() and cal[["step", "bin", "count"]].equals(cal_alone[["step", "bin", "count"]])
+        assert (cal["run_id"] == b.spec.run_id).all()
+        assert cal[["step", "bin", "count"]].equals(cal_alone[["step", "bin", "count"]])
     trunk_summary = pq.read_table(records.run_dir(out, trunk.run_id) / "summary.parquet").to_pylist()[0]
     assert trunk_summary["branched_from"] is None and trunk_summary["branch_step"] is None
     assert not (records.run_dir(out, trunk.run_id) / "branches").exists() or not any(
@@ -125,3 +126,17 @@ def test_run_ids_without_branching_are_unchanged(tmp_path):
     assert all(s.optim.warmup_steps is None for s in plain.runs)
     # The trunk computes the same thing either way: same run_id; the branches' warmup differs.
     assert len({s.run_id for s in plain.runs} & {s.run_id for s in branched.runs}) == 1
+
+
+def test_local_launcher_starts_branches_from_their_seeds(tmp_path):
+    from analysis import load_runs
+    from scaling.launch import run_local
+    sweep = load_sweep(branched_sweep(tmp_path), device_count=1)
+    report = run_local(sweep, sweep.runs, max_parallel=2, quiet=True)
+    assert not report.failed and len(report.complete) == 3
+    runs = load_runs(sweep.out_dir).set_index("run_id")
+    trunk = max(sweep.runs, key=lambda s: s.steps)
+    for b in branching.plan(sweep.runs).of_trunk(trunk.run_id):
+        assert runs.loc[b.spec.run_id, "branched_from"] == trunk.run_id
+        assert runs.loc[b.spec.run_id, "branch_step"] == b.step
+    assert runs["status"].eq("complete").all()
