@@ -106,23 +106,38 @@ def _print_plan(sweep, runs) -> None:
     from scaling.hardware import peak_flops
     from scaling.launch import ASSUMED_MFU as assumed_mfu, run_flops
     peak = peak_flops("float32")  # with an assumed utilisation: `scaling bench` measures the real one
+    plan = None
+    if sweep.branch:
+        from scaling.branch import plan as branch_plan
+        plan = branch_plan(sweep.runs)
     table = Table(title=f"{sweep.name}: {len(runs)} runs -> {sweep.out_dir}")
+    branch_cols = ("trained steps", "branch") if plan else ()
     for col in ("run_id", "grid", "n_layer", "d_model", "n_head", "d_ff", "N (non-embed)", "D (tokens)", "steps",
-                "FLOPs", "est. time"):
-        table.add_column(col, justify="left" if col in ("run_id", "grid") else "right")
-    total_s = 0.0
+                *branch_cols, "FLOPs", "est. time"):
+        table.add_column(col, justify="left" if col in ("run_id", "grid", "branch") else "right")
+    total_s = total_flops = 0.0
     for spec in runs:
         m = spec.model
         n = param_counts(**dataclasses.asdict(m)).n_params_nonembed
-        flops = run_flops(spec)
+        # FLOPs this sweep spends on the run: a branch trains only its cool-down.
+        trained = plan.trained_steps(spec) if plan else spec.steps
+        flops = run_flops(spec) * trained / spec.steps
         seconds = flops / (peak.flops_per_second * assumed_mfu)
         total_s += seconds
+        total_flops += flops
+        extra = ()
+        if plan:
+            b = plan.branches.get(spec.run_id)
+            role = (f"from {b.trunk} at step {b.step}" if b else
+                    f"trunk of {len(plan.of_trunk(spec.run_id))}" if plan.of_trunk(spec.run_id) else "")
+            extra = (str(trained), role)
         table.add_row(spec.run_id, spec.grid, str(m.n_layer), str(m.d_model), str(m.n_head), str(m.d_ff), f"{n:,}",
-                      f"{spec.steps * spec.batch_size * m.seq_len:.3g}", str(spec.steps), f"{flops:.3g}",
+                      f"{spec.steps * spec.batch_size * m.seq_len:.3g}", str(spec.steps), *extra, f"{flops:.3g}",
                       f"{seconds:.0f} s")
     console = _console()
     console.print(table)
-    console.print(f"total {sum(map(run_flops, runs)):.3g} FLOPs, about {total_s / 60:.1f} min at {assumed_mfu:.0%} "
+    saved = f" (branching saves {sum(map(run_flops, runs)) - total_flops:.3g})" if plan else ""
+    console.print(f"total {total_flops:.3g} FLOPs{saved}, about {total_s / 60:.1f} min at {assumed_mfu:.0%} "
                   f"MFU of {peak.flops_per_second:.3g} FLOP/s ({peak.source}) with one run at a time")
 
 

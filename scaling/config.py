@@ -120,9 +120,17 @@ class SamplingConfig:
     seed: int = 0
 
 
+def decay_steps(decay: float, steps: int) -> int:
+    """The WSD cool-down length in updates: the last `decay` of the run, at least one."""
+    return max(1, int(round(decay * steps)))
+
+
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with global-norm clipping; the schedule's warmup and decay are fractions of the run."""
+    """AdamW with global-norm clipping; the schedule's warmup and decay are fractions of the run.
+
+    `warmup_steps`, when set, replaces `warmup * steps`: the runs of a branched WSD group
+    (scaling/branch.py) share one warmup in absolute steps, so their stable phases are identical."""
 
     lr: float = 3e-3
     weight_decay: float = 0.1
@@ -134,6 +142,7 @@ class OptimConfig:
     warmup: float = 0.05
     decay: float = 0.2
     min_lr_ratio: float = 0.1
+    warmup_steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -277,7 +286,7 @@ _EXECUTION_ONLY = {"mesh", "sweep", "train.micro_batch", "train.checkpoint_every
                    "train.attention", "data.base_dir"}
 # Optional instruments, hashed only when set: a sweep without them keeps the run ids it had before
 # they existed.
-_HASHED_WHEN_SET = {"data.synthetic", "data.tasks", "sampling"}
+_HASHED_WHEN_SET = {"data.synthetic", "data.tasks", "sampling", "optim.warmup_steps"}
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,11 @@ def run_one(sweep_path: str | Path, run_id: str, *, on_step: Callable[[dict], No
         raise ConfigError(str(sweep_path), "--run-id", f"no run {run_id!r} in this sweep (see --dry-run)")
     if jax.process_index() != 0:
         on_step = None  # one progress report per run, from the process that writes its records
-    return run_and_record(spec, sweep.out_dir, on_step=on_step)
+    plan = None
+    if sweep.branch:
+        from scaling.branch import plan as branch_plan
+        plan = branch_plan(sweep.runs)
+    return run_and_record(spec, sweep.out_dir, on_step=on_step, plan=plan)
 
 
 def outcome(result: dict) -> dict:

@@ -205,6 +205,15 @@ def local_jobs(sweep: SweepConfig, todo: list[RunSpec], report: SweepReport) -> 
     return sorted(jobs, key=lambda job: sum(map(run_flops, job)), reverse=True)
 
 
+def _next_job(queue: list[list[RunSpec]], plan, out_dir, unfinished: set[str], idle: bool) -> list[RunSpec] | None:
+    """The first queued job that may start: a branch waits for its trunk's seed (scaling/branch.py);
+    when nothing runs, the first job starts anyway (a branch without a seed trains from step 0)."""
+    if plan is None:
+        return queue[0]
+    ready = next((job for job in queue if all(plan.ready(s, out_dir, unfinished) for s in job)), None)
+    return ready or (queue[0] if idle else None)
+
+
 def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quiet: bool = False,
               extra_env: dict | None = None, on_eta=None) -> SweepReport:
     """Train `runs` here, at most `max_parallel` processes at once (a pack of runs is one), longest
@@ -215,6 +224,10 @@ def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quie
     if not todo:
         return report
     workers = max_parallel or sweep.max_parallel
+    plan = None
+    if sweep.branch:
+        from scaling.branch import plan as branch_plan
+        plan = branch_plan(sweep.runs)
     display = _Display(todo, workers, quiet, on_eta)
     env = {**os.environ, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
     sel = selectors.DefaultSelector()
@@ -223,7 +236,12 @@ def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quie
     try:
         while queue or active:
             while queue and len(active) < workers:
-                job = {spec.run_id: spec for spec in queue.pop(0)}
+                unfinished = {s.run_id for job in queue for s in job} | {r for a in active.values() for r in a[1]}
+                picked = _next_job(queue, plan, sweep.out_dir, unfinished, idle=not active)
+                if picked is None:
+                    break
+                queue.remove(picked)
+                job = {spec.run_id: spec for spec in picked}
                 # --distributed off: one process per run (or pack) here, even inside an salloc shell
                 # whose SLURM variables the child inherits.
                 ids = [arg for run_id in job for arg in ("--run-id", run_id)]

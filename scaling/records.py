@@ -34,6 +34,9 @@ SCHEMA = pa.schema([
     ("peak_flops", pa.float64()), ("peak_flops_source", pa.string()), ("device_kind", pa.string()),
     ("n_devices", pa.int64()), ("mesh", pa.string()),
     ("pack_size", pa.int64()),  # runs trained together in one program (scaling/pack.py); 1 alone
+    # WSD branching (scaling/branch.py): the trunk's run_id and the step this run left it at; null
+    # for a run trained from step 0 on its own.
+    ("branched_from", pa.string()), ("branch_step", pa.int64()),
 ])
 
 STATUSES = ("running", "complete", "diverged", "failed")

@@ -8,6 +8,7 @@ resume and recomputed identically: training is deterministic).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import platform
 import socket
@@ -18,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
+from scaling import branch as branching
 from scaling import records
 from scaling.config import RunSpec
 from scaling.flops import FLOPS_CONVENTION, flops_6nd, param_counts, training_flops_per_token
@@ -38,6 +40,7 @@ def base_row(spec: RunSpec) -> dict:
         "batch_tokens": spec.batch_size * m.seq_len, "target_tokens": spec.steps * spec.batch_size * m.seq_len,
         "flops_convention": FLOPS_CONVENTION,
         "flops_budget": spec.flops_budget if spec.flops_budget is not None else math.nan, "pack_size": 1,
+        "branched_from": None, "branch_step": None,  # set where a run resumes from its trunk's seed
     }
 
 
@@ -82,8 +85,12 @@ def enable_compilation_cache() -> None:
 
 
 def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], None] | None = None,
-              devices=None, halt_at: int | None = None) -> dict:
+              devices=None, halt_at: int | None = None, plan: branching.Plan | None = None) -> dict:
     """Train `spec` (resuming from its checkpoint if one exists) and write its records.
+
+    `plan` (a branched sweep, scaling/branch.py): a trunk also records its branches' rows and writes
+    their seeds; a branch without a checkpoint of its own resumes from its seed if there is one.
+    Single-process runs only: a multi-process run trains alone.
 
     Returns the summary row. Divergence is recorded as status `diverged`; other exceptions propagate
     (the caller records them as `failed`).
@@ -140,9 +147,23 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
     history_path = path / "history.parquet"
     calibration: list[dict] = []  # the reliability table of every evaluation (15 confidence bins)
     calibration_path = path / "calibration.parquet"
+    single = jax.process_count() == 1
+    branch = plan.branches.get(spec.run_id) if plan and single else None
     latest = ckpt.latest_step()
+    seed = branching.open_seed(out_dir, branch) if latest is None and branch is not None else None
     wall_offset = 0.0
-    if latest is not None:
+    host: dict = {}
+    if seed is not None:  # a branch adopts the state its trunk had at the branch point
+        seed_ckpt = Checkpoints(seed.folder / "checkpoints")
+        state, host = seed_ckpt.restore(seed.step, program.abstract_state())
+        seed_ckpt.close()
+        params, opt_state, step = state["params"], state["opt_state"], seed.step
+        losses_since_eval = host["losses_since_eval"]
+        history, calibration = seed.history, seed.calibration
+        wall_offset = history[-1]["wall_seconds"] if history else 0.0
+        if writer:
+            records.write_json(path / "branch.json", seed.info)
+    elif latest is not None:
         state, host = ckpt.restore(latest, program.abstract_state())
         params, opt_state, step = state["params"], state["opt_state"], latest
         losses_since_eval = host["losses_since_eval"]
@@ -159,10 +180,17 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
         opt_state = program.init_opt_state(params)
         step = 0
         losses_since_eval = []
+    if (path / "branch.json").exists():  # this run left its trunk at branch_step (its records say so)
+        base.update(json.loads((path / "branch.json").read_text()))
+    branches = plan.of_trunk(spec.run_id) if plan and single and writer else []
+    seeder = branching.Seeder(out_dir, spec, branches, latest, host) if branches else None
+    if seeder is not None and not seeder.active:
+        seeder = None
 
-    def row(**values) -> dict:
+    def row(over: dict | None = None, **values) -> dict:
         tokens = values["step"] * tokens_per_step
-        return {**base, "status": "running", "error": None, "tokens": tokens, "flops": flops_per_token * tokens,
+        return {**base, **(over or {}), "status": "running", "error": None, "tokens": tokens,
+                "flops": flops_per_token * tokens,
                 "flops_6nd": flops_6nd(base["n_params_nonembed"], tokens), "val_bits_per_byte": math.nan,
                 "val_loss_optimal": val_loss_optimal, **chance, **values}
 
@@ -175,6 +203,8 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
 
     if writer and not history:
         records.write_rows(path / "summary.parquet", [row(step=step, status="running", wall_seconds=0.0)])
+    elif writer and seed is not None:
+        write("running", history[-1])
 
     evals = set(tr.eval_steps(spec.steps, t.eval_points))
     chunk = tr.eval_chunk(spec, shd.batch_shards(mesh))
@@ -193,7 +223,28 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
         if not math.isfinite(loss):
             raise tr.Diverged(f"non-finite training loss at step {s}")
         losses_since_eval.append(loss)
+        if seeder is not None:
+            seeder.on_loss(loss)
         return loss, float(metrics["grad_norm"])
+
+    measured: dict = {}
+
+    def measure(at: int, params, grad_norm: float) -> tuple[dict, dict]:
+        """Evaluation columns of the state after `at` updates, and its calibration bins: computed once,
+        shared by this run's row and its branches' rows at the same step."""
+        if at not in measured:
+            ev = tr.evaluate(program, params, val_windows, chunk)
+            tps = interval_tokens / interval_seconds if interval_seconds else math.nan
+            values = dict(val_loss=ev["val_loss"], val_entropy=ev["val_entropy"], val_ece=ev["val_ece"],
+                          grad_norm=grad_norm, wall_seconds=wall_offset + time.perf_counter() - t_start,
+                          tokens_per_second=tps, mfu=tps * flops_per_token / peak.flops_per_second)
+            if source.bytes_per_token:
+                values["val_bits_per_byte"] = ev["val_loss"] / math.log(2) / source.bytes_per_token
+            if probe_set:
+                values.update(probe_set.evaluate(params))
+            measured.clear()
+            measured[at] = (values, ev["ece_bins"])
+        return measured[at]
 
     last = {"step": step, "wall_seconds": wall_offset}
     try:
@@ -211,9 +262,11 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
             if first_step:
                 jax.block_until_ready(metrics)
                 first_step, clock = False, time.perf_counter()
-                if step not in evals and step != spec.steps and step % max(t.checkpoint_every, 1) != 0:
+                if (step not in evals and step != spec.steps and step % max(t.checkpoint_every, 1) != 0
+                        and not (seeder and seeder.needs(step))):
                     continue
-            if step in evals or (t.checkpoint_every and step % t.checkpoint_every == 0):
+            own_sync = step in evals or (t.checkpoint_every and step % t.checkpoint_every == 0)
+            if own_sync or (seeder and seeder.needs(step)):
                 loss, grad_norm = read(pending)
                 pending = None
                 now = time.perf_counter()
@@ -225,26 +278,27 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
                     interval_tokens += n_tok
                     interval_seconds += dt if n_tok else 0.0
                 if step in evals:
-                    ev = tr.evaluate(program, params, val_windows, chunk)
-                    tps = interval_tokens / interval_seconds if interval_seconds else math.nan
-                    r = row(step=step, train_loss=float(np.mean(losses_since_eval)), val_loss=ev["val_loss"],
-                            val_entropy=ev["val_entropy"], val_ece=ev["val_ece"], lr=float(schedule(step - 1)),
-                            grad_norm=grad_norm, wall_seconds=wall_offset + time.perf_counter() - t_start,
-                            tokens_per_second=tps, mfu=tps * flops_per_token / peak.flops_per_second)
-                    if source.bytes_per_token:
-                        r["val_bits_per_byte"] = ev["val_loss"] / math.log(2) / source.bytes_per_token
-                    if probe_set:
-                        r.update(probe_set.evaluate(params))
+                    values, bins = measure(step, params, grad_norm)
+                    r = row(step=step, train_loss=float(np.mean(losses_since_eval)), lr=float(schedule(step - 1)),
+                            **values)
                     history.append(r)
                     calibration.extend({"run_id": spec.run_id, "step": step, "tokens": r["tokens"], **b}
-                                       for b in reliability_table(ev["ece_bins"]))
+                                       for b in reliability_table(bins))
                     losses_since_eval.clear()
-                    interval_tokens, interval_seconds = 0, 0.0
-                ckpt.save(step, {"params": params, "opt_state": opt_state}, {"losses_since_eval": losses_since_eval})
+                if seeder is not None:
+                    seeder.at_step(step, lambda at: measure(at, params, grad_norm), row,
+                                   {"params": params, "opt_state": opt_state})
                 if step in evals:
-                    write("running", history[-1])
-                if halt_at is not None and step >= halt_at:
-                    raise Halt(step)
+                    interval_tokens, interval_seconds = 0, 0.0
+                if own_sync:
+                    if seeder is not None:
+                        seeder.save_pending()
+                    ckpt.save(step, {"params": params, "opt_state": opt_state},
+                              {"losses_since_eval": losses_since_eval, **(seeder.host_state() if seeder else {})})
+                    if step in evals:
+                        write("running", history[-1])
+                    if halt_at is not None and step >= halt_at:
+                        raise Halt(step)
                 clock = time.perf_counter()
                 last["step_timed"] = step
             elif clock is not None and "step_timed" not in last:
@@ -260,6 +314,8 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
                 text = sampling.render(texts, spec.sampling, as_bytes=source.bytes_per_token == 1.0)
                 records.write_text(path / "samples.txt", text)
         write("complete", final)
+        if branch is not None and not t.keep_checkpoints:
+            branching.remove_seed(out_dir, branch)
         if not t.keep_checkpoints:
             ckpt.delete_all()
         else:

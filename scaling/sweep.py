@@ -34,6 +34,7 @@ class SweepConfig:
     launcher: str
     max_parallel: int
     runs: tuple[RunSpec, ...]
+    branch: bool = False  # [schedule] branch: WSD runs that differ only in D share a trunk (scaling/branch.py)
     slurm: SlurmConfig = dataclasses.field(default_factory=SlurmConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
     # Local launcher: runs that differ only in seed or scalar hyper-parameters train together in one
@@ -272,6 +273,7 @@ def load_sweep(path: str | Path, *, device_count: int | None = None) -> SweepCon
                     decay=s.float("decay", 0.2, min=0, max=1), min_lr_ratio=s.float("min_lr_ratio", 0.1, min=0, max=1))
     if optim_kw["warmup"] + (optim_kw["decay"] if optim_kw["schedule"] == "wsd" else 0) > 1:
         raise s.error("decay", "warmup + decay must be at most 1 (fractions of the run)")
+    branch = s.bool("branch", False)
     s.finish()
 
     t = root.sub("train")
@@ -319,8 +321,14 @@ def load_sweep(path: str | Path, *, device_count: int | None = None) -> SweepCon
         if spec.run_id not in seen:
             seen.add(spec.run_id)
             runs.append(spec)
+    if branch and pack:
+        raise ConfigError(file, "schedule.branch", "not both branch = true and [sweep] pack = true (a packed "
+                                                   "trunk writes no branch seeds): choose one")
+    if branch:
+        from scaling.branch import share_warmup
+        runs = share_warmup(runs, file)
     sweep = SweepConfig(name=name, path=file, out_dir=out_dir, launcher=launcher, max_parallel=max_parallel,
-                        runs=tuple(runs), slurm=slurm, ray=ray, pack=pack, pack_size=pack_size)
+                        runs=tuple(runs), branch=branch, slurm=slurm, ray=ray, pack=pack, pack_size=pack_size)
     check_devices(sweep, device_count)
     return sweep
 

@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 
 from scaling import sharding as shd
-from scaling.config import OptimConfig, RunSpec, eval_steps  # noqa: F401 (eval_steps: part of this API)
+from scaling.config import OptimConfig, RunSpec, decay_steps, eval_steps  # noqa: F401 (eval_steps: part of this API)
 from scaling.model import GPT, token_losses
 
 ECE_BINS = 15  # equal-width confidence bins (Guo et al. 2017)
@@ -32,12 +32,13 @@ class Diverged(Exception):
 
 
 def lr_schedule(o: OptimConfig, steps: int) -> Callable:
-    """Learning rate for update `count` (0-based): linear warmup over `warmup * steps`, then
+    """Learning rate for update `count` (0-based): linear warmup over `warmup * steps` (or
+    `warmup_steps` where a branched group fixes it), then
     cosine to `min_lr_ratio * lr` (Loshchilov & Hutter 2017), constant, or WSD: constant until the
     last `decay * steps` updates, then a 1-sqrt cool-down (Hägele et al. 2024, Sec. 3)."""
-    warm = int(round(o.warmup * steps))
+    warm = o.warmup_steps if o.warmup_steps is not None else int(round(o.warmup * steps))
     floor = o.lr * o.min_lr_ratio
-    n_decay = max(1, int(round(o.decay * steps)))
+    n_decay = decay_steps(o.decay, steps)
 
     def schedule(count):
         step = jnp.asarray(count, jnp.float32) + 1.0
