@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 from matplotlib import colormaps
-from matplotlib.colors import LogNorm
+from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
 
 from analysis.records import record_files
@@ -41,6 +41,7 @@ METRIC_LABELS = {"exact_match": "Exact match (greedy)", "token_accuracy": "Per-t
                  "brier": "Brier score (per token)"}
 X_LABELS = {"flops": "Training FLOPs", "n_params": "Parameters (all)", "n_params_nonembed": "Parameters N",
             "tokens": "Training tokens", "val_loss": "Validation loss (nats/token)"}
+MIN_BIN_SHARE = 0.005  # reliability diagrams draw bins holding at least this share of the tokens
 LOG_X = {"flops", "n_params", "n_params_nonembed", "tokens", "flops_6nd"}
 
 
@@ -212,25 +213,41 @@ def emergence_figure(history: pd.DataFrame, task: str, *, discontinuous: str = "
 
 
 def confidence_figure(runs: pd.DataFrame, *, x: str = "n_params") -> Figure:
-    """Final predictive entropy (with the loss and, where known, the optimal loss) and ECE against
-    model size, one line per training length."""
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    """Final predictive entropy (beside the loss and, where known, the optimal loss) and ECE against
+    model size: one line per training length (an IsoFLOP sweep: per compute budget), coloured by it."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.lines import Line2D
+
+    fig = Figure(figsize=(11, 4.4), layout="constrained")
     ax_h, ax_e = fig.subplots(1, 2)
-    by = "target_tokens" if "target_tokens" in runs else "tokens"
-    for tokens, group in runs.sort_values(x).groupby(by):
-        line = ax_h.plot(group[x], group["val_entropy"], "o-", label=f"entropy, D = {tokens:.3g}")[0]
-        ax_h.plot(group[x], group["val_loss"], "s:", color=line.get_color(), alpha=0.6, label=f"loss, D = {tokens:.3g}")
-        ax_e.plot(group[x], group["val_ece"], "o-", color=line.get_color(), label=f"D = {tokens:.3g}")
+    budgets = pd.to_numeric(runs["flops_budget"], errors="coerce") if "flops_budget" in runs else None
+    if budgets is not None and np.isfinite(budgets).all():
+        by, by_label = "flops_budget", "IsoFLOP budget C (FLOPs)"
+    else:
+        by, by_label = ("target_tokens" if "target_tokens" in runs else "tokens"), "Training tokens D"
+    values = runs[by].astype(float)
+    norm = LogNorm(vmin=values.min(), vmax=values.max() * 1.0001)
+    cmap = ListedColormap(colormaps["plasma"](np.linspace(0, 0.85, 256)))  # no pale yellow
+    for value, group in runs.sort_values(x).groupby(by):
+        color = cmap(norm(value))
+        ax_h.plot(group[x], group["val_entropy"], "o-", color=color, ms=4)
+        ax_h.plot(group[x], group["val_loss"], "s:", color=color, alpha=0.6, ms=3)
+        ax_e.plot(group[x], group["val_ece"], "o-", color=color, ms=4)
+    handles = [Line2D([], [], color="0.3", marker="o", ls="-", label="predictive entropy"),
+               Line2D([], [], color="0.3", marker="s", ls=":", label="validation loss")]
     if "val_loss_optimal" in runs and runs["val_loss_optimal"].notna().any():
-        ax_h.axhline(float(runs["val_loss_optimal"].dropna().mean()), ls="--", color="gray", label="optimal loss")
+        optimal = float(runs["val_loss_optimal"].dropna().mean())
+        ax_h.axhline(optimal, ls="--", color="gray")
+        handles.append(Line2D([], [], color="gray", ls="--", label=f"true optimal loss {optimal:.3f}"))
+    ax_h.legend(handles=handles, fontsize=7, loc="upper right")
     for ax, label in ((ax_h, "nats/token"), (ax_e, "ECE (top-1, 15 bins)")):
         ax.set_xscale("log")
         ax.set_xlabel(X_LABELS.get(x, x))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper right")  # curves fall with N: the upper right is empty
-    ax_h.set_title("Predictive entropy vs cross-entropy")
-    ax_e.set_title("Calibration error")
+    ax_h.set_title("Predictive entropy vs cross-entropy (end of training)")
+    ax_e.set_title("Calibration error (end of training)")
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=[ax_h, ax_e], label=by_label)
     return fig
 
 
@@ -254,15 +271,21 @@ def reliability_figure(calibration: pd.DataFrame, runs: pd.DataFrame | None = No
     for run_id, table in chosen.groupby("run_id"):
         table = table.sort_values("bin")
         color = cmap(norm(sizes[run_id])) if norm is not None and run_id in sizes else None
-        filled = table["count"] > 0
+        # A bin with a handful of tokens has an accuracy too noisy to read: drawn from 0.5% of the tokens.
+        filled = table["count"] >= max(1.0, MIN_BIN_SHARE * table["count"].sum())
         centres = (table["bin_lower"] + table["bin_upper"]) / 2
         ax.plot(table.loc[filled, "confidence"], table.loc[filled, "accuracy"], "o-", color=color, ms=3, alpha=0.8)
         ax_n.plot(centres, table["count"] / table["count"].sum(), "-", color=color, alpha=0.8)
-    ax.plot([0, 1], [0, 1], "--", color="gray", lw=1)
+    ax.plot([0, 1], [0, 1], "--", color="gray", lw=1, label="perfect calibration")
+    ax.legend(fontsize=8, loc="upper left")
+    if norm is not None:
+        from matplotlib.cm import ScalarMappable
+        fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=[ax, ax_n], label="Parameters (all)")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("Accuracy (top-1)")
-    ax.set_title(f"Reliability at each run's {step} evaluation")
+    ax.set_title(f"Reliability at each run's {step} evaluation\n"
+                 f"(bins holding >= {MIN_BIN_SHARE:.1%} of the tokens)", fontsize=10)
     ax_n.set_xlabel("Confidence (top-1 probability)")
     ax_n.set_ylabel("Share of tokens")
     for a in (ax, ax_n):
