@@ -26,6 +26,13 @@ from scaling.model import GPT, token_losses
 
 ECE_BINS = 15  # equal-width confidence bins (Guo et al. 2017)
 
+# On a CPU, `micro_batch = 0` splits each device's batch into micro-batches of at most this many
+# tokens. A step is mostly elementwise passes (LayerNorm, GELU, softmax, their gradients) over
+# [tokens, width] activations, and at 512 tokens those stay in a core's L2 cache: the kaplan
+# sweep's L4-d96 steps ran 1.5x faster than with the whole 4096-token batch, the small models
+# about as fast (benchmarks/NOTES.md, "Step speed"). Accelerators keep the whole batch.
+CPU_MICRO_BATCH_TOKENS = 512
+
 
 class Diverged(Exception):
     pass
@@ -140,7 +147,7 @@ def build_program(spec: RunSpec, mesh: jax.sharding.Mesh) -> Program:
     opt_shardings = shd.tree_shardings(opt_abstract, mesh)
 
     per_device = spec.batch_size // shd.batch_shards(mesh)  # the tensor axis holds copies of the rows
-    micro = t.micro_batch or per_device
+    micro = t.micro_batch or default_micro_batch(per_device, cfg.seq_len, mesh.devices.flat[0].platform)
     n_micro = per_device // micro
 
     def forward(params, inputs_bs):
@@ -196,6 +203,16 @@ def make_train_step(forward: Callable, tx: optax.GradientTransformation, n_micro
         return params, opt_state, {"loss": nll / n_micro, "grad_norm": optax.tree.norm(grads)}
 
     return train_step
+
+
+def default_micro_batch(per_device: int, seq_len: int, platform: str) -> int:
+    """Sequences per micro-step when the spec leaves it to the runner (`micro_batch = 0`): the whole
+    per-device batch on an accelerator; on a CPU the largest divisor of it that keeps a micro-batch
+    within CPU_MICRO_BATCH_TOKENS tokens (one sequence at least)."""
+    if platform != "cpu":
+        return per_device
+    limit = max(1, CPU_MICRO_BATCH_TOKENS // seq_len)
+    return max(m for m in range(1, min(per_device, limit) + 1) if per_device % m == 0)
 
 
 def to_global(local: np.ndarray, sharding, global_shape) -> jax.Array:
