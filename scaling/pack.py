@@ -142,8 +142,9 @@ def build_packed_program(specs, mesh, lone=None) -> PackedProgram:
 
     def member_step(params, opt_state, member_hyper, batch_mbs):
         h = {**shared, **member_hyper}
-        optim = dataclasses.replace(spec.optim, lr=h["lr"], weight_decay=h["weight_decay"])
-        step = tr.make_train_step(forward, tr.make_optimizer(optim, spec.steps), lone.n_micro,
+        values = {**tr.schedule_values(spec.optim, spec.steps), "lr": h["lr"],
+                  "floor": h["lr"] * spec.optim.min_lr_ratio, "weight_decay": h["weight_decay"]}
+        step = tr.make_train_step(forward, tr.make_optimizer(spec.optim, spec.steps, values), lone.n_micro,
                                   h["label_smoothing"], h["entropy_coef"])
         return step(params, opt_state, batch_mbs)
 

@@ -38,39 +38,64 @@ class Diverged(Exception):
     pass
 
 
+def schedule_values(o: OptimConfig, steps: int) -> dict[str, float]:
+    """The numbers of a run's learning-rate schedule. They enter the compiled step as arrays, not
+    constants, so runs of one shape that differ in length or learning rate share one program (and
+    its entry in the persistent compilation cache)."""
+    warm = o.warmup_steps if o.warmup_steps is not None else int(round(o.warmup * steps))
+    return {"lr": float(o.lr), "floor": float(o.lr * o.min_lr_ratio), "warm": float(warm), "steps": float(steps),
+            "n_decay": float(decay_steps(o.decay, steps))}
+
+
+def scheduled_lr(kind: str, count, v: dict):
+    """Learning rate for update `count` (0-based) of a schedule of `kind` with values `v`
+    (`schedule_values`; Python floats or traced arrays)."""
+    step = jnp.asarray(count, jnp.float32) + 1.0
+    warm = jnp.asarray(v["warm"], jnp.float32)
+    ramp = jnp.where(warm > 0, jnp.minimum(step / jnp.maximum(warm, 1.0), 1.0), 1.0)
+    lr, floor = v["lr"], v["floor"]
+    if kind == "cosine":
+        progress = jnp.clip((step - warm) / jnp.maximum(v["steps"] - warm, 1.0), 0.0, 1.0)
+        lr = floor + (lr - floor) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    elif kind == "wsd":
+        progress = jnp.clip((step - (v["steps"] - v["n_decay"])) / v["n_decay"], 0.0, 1.0)
+        lr = lr - (lr - floor) * jnp.sqrt(progress)
+    else:
+        lr = jnp.asarray(lr, jnp.float32)
+    return ramp * lr
+
+
 def lr_schedule(o: OptimConfig, steps: int) -> Callable:
     """Learning rate for update `count` (0-based): linear warmup over `warmup * steps` (or
     `warmup_steps` where a branched group fixes it), then
     cosine to `min_lr_ratio * lr` (Loshchilov & Hutter 2017), constant, or WSD: constant until the
     last `decay * steps` updates, then a 1-sqrt cool-down (Hägele et al. 2024, Sec. 3)."""
-    warm = o.warmup_steps if o.warmup_steps is not None else int(round(o.warmup * steps))
-    floor = o.lr * o.min_lr_ratio
-    n_decay = decay_steps(o.decay, steps)
-
-    def schedule(count):
-        step = jnp.asarray(count, jnp.float32) + 1.0
-        ramp = jnp.minimum(step / warm, 1.0) if warm else 1.0
-        if o.schedule == "cosine":
-            progress = jnp.clip((step - warm) / max(steps - warm, 1), 0.0, 1.0)
-            lr = floor + (o.lr - floor) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-        elif o.schedule == "wsd":
-            progress = jnp.clip((step - (steps - n_decay)) / n_decay, 0.0, 1.0)
-            lr = o.lr - (o.lr - floor) * jnp.sqrt(progress)
-        else:
-            lr = jnp.asarray(o.lr, jnp.float32)
-        return ramp * lr
-
-    return schedule
+    values = schedule_values(o, steps)
+    return lambda count: scheduled_lr(o.schedule, count, values)
 
 
-def make_optimizer(o: OptimConfig, steps: int) -> optax.GradientTransformation:
+def make_optimizer(o: OptimConfig, steps: int, hyper: dict | None = None) -> optax.GradientTransformation:
+    """AdamW with the run's schedule. `hyper`: the schedule's values and weight_decay as arrays
+    (inside a jitted step), instead of the constants of `o`."""
+    hyper = hyper if hyper is not None else {**schedule_values(o, steps), "weight_decay": o.weight_decay}
     # Decay matrices only (kernels, embeddings), not biases or LayerNorm gains: nanoGPT / GPT-3 practice.
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
     return optax.chain(
         optax.clip_by_global_norm(o.grad_clip) if o.grad_clip > 0 else optax.identity(),
-        optax.adamw(lr_schedule(o, steps), b1=o.beta1, b2=o.beta2, eps=o.eps, weight_decay=o.weight_decay,
-                    mask=decay_mask),
+        optax.adamw(lambda count: scheduled_lr(o.schedule, count, hyper), b1=o.beta1, b2=o.beta2, eps=o.eps,
+                    weight_decay=hyper["weight_decay"], mask=decay_mask),
     )
+
+
+def step_hyper(spec: RunSpec) -> dict[str, float]:
+    """What the compiled train step takes as inputs rather than constants: the schedule's values,
+    weight decay, and the objective's coefficients where they are not zero (a zero one is left out
+    of the program altogether)."""
+    t = spec.train
+    out = {**schedule_values(spec.optim, spec.steps), "weight_decay": float(spec.optim.weight_decay)}
+    out.update({k: float(v) for k, v in (("label_smoothing", t.label_smoothing), ("entropy_coef", t.entropy_coef))
+                if v != 0})
+    return out
 
 
 def _flatten(nested: dict, prefix: str = "") -> dict:
@@ -103,9 +128,11 @@ class Program:
     param_shardings: dict
     opt_shardings: object
     tx: optax.GradientTransformation
-    train_step: Callable
+    train_step: Callable  # (params, opt_state, batch): the jitted step with this run's hyper-parameters
     eval_step: Callable
     n_micro: int
+    jitted_step: Callable  # (params, opt_state, batch, hyper): shared by runs of one shape
+    hyper: dict  # this run's step_hyper values, as replicated float32 arrays
 
     def model(self, params: dict) -> GPT:
         state = jax.tree.map(lambda x: x, self.state_template)
@@ -113,11 +140,13 @@ class Program:
         return nnx.merge(self.graphdef, state)
 
     def init_params(self) -> dict:
-        """Initial parameters from the run's seed, created already sharded."""
-        def init():
-            model = GPT(self.spec.model, rngs=nnx.Rngs(self.spec.seed), **_dtypes(self.spec))
+        """Initial parameters from the run's seed, created already sharded. The seed is an input of
+        the compiled initialiser (nnx.Rngs(int) is nnx.Rngs(jax.random.key(int))): one program
+        for every seed."""
+        def init(seed):
+            model = GPT(self.spec.model, rngs=nnx.Rngs(jax.random.key(seed)), **_dtypes(self.spec))
             return _flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-        return jax.jit(init, out_shardings=self.param_shardings)()
+        return jax.jit(init, out_shardings=self.param_shardings)(np.uint32(self.spec.seed))
 
     def init_opt_state(self, params):
         return jax.jit(self.tx.init, out_shardings=self.opt_shardings)(params)
@@ -155,7 +184,10 @@ def build_program(spec: RunSpec, mesh: jax.sharding.Mesh) -> Program:
         nnx.replace_by_pure_dict(state, _unflatten(params))
         return nnx.merge(graphdef, state)(inputs_bs)
 
-    train_step = make_train_step(forward, tx, n_micro, t.label_smoothing, t.entropy_coef)
+    def train_step(params, opt_state, batch_mbs, hyper):
+        step = make_train_step(forward, make_optimizer(spec.optim, spec.steps, hyper), n_micro,
+                               hyper.get("label_smoothing", 0.0), hyper.get("entropy_coef", 0.0))
+        return step(params, opt_state, batch_mbs)
 
     def eval_step(params, batch_bs):
         logits = forward(params, batch_bs[:, :-1])
@@ -170,12 +202,14 @@ def build_program(spec: RunSpec, mesh: jax.sharding.Mesh) -> Program:
 
     rep = shd.replicated(mesh)
     batch_sh = shd.batch_sharding(mesh)
-    jit_train = jax.jit(train_step, in_shardings=(param_shardings, opt_shardings, batch_sh),
+    hyper = jax.device_put({k: np.float32(v) for k, v in step_hyper(spec).items()}, rep)
+    jit_train = jax.jit(train_step, in_shardings=(param_shardings, opt_shardings, batch_sh, rep),
                         out_shardings=(param_shardings, opt_shardings, rep), donate_argnums=(0, 1))
+    bound_train = lambda params, opt_state, batch_mbs: jit_train(params, opt_state, batch_mbs, hyper)
     jit_eval = jax.jit(eval_step, in_shardings=(param_shardings, shd.rows_sharding(mesh)), out_shardings=rep)
     return Program(spec=spec, mesh=mesh, graphdef=graphdef, state_template=state_template,
-                   param_shardings=param_shardings, opt_shardings=opt_shardings, tx=tx, train_step=jit_train,
-                   eval_step=jit_eval, n_micro=n_micro)
+                   param_shardings=param_shardings, opt_shardings=opt_shardings, tx=tx, train_step=bound_train,
+                   eval_step=jit_eval, n_micro=n_micro, jitted_step=jit_train, hyper=hyper)
 
 
 def make_train_step(forward: Callable, tx: optax.GradientTransformation, n_micro: int, label_smoothing=0.0,

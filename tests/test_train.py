@@ -149,3 +149,25 @@ def test_schedules():
     wsd = tr.lr_schedule(OptimConfig(lr=1.0, warmup=0.0, decay=0.2, min_lr_ratio=0.0, schedule="wsd"), 100)
     assert float(wsd(50)) == 1.0 and float(wsd(79)) == 1.0 and float(wsd(99)) == pytest.approx(0.0)
     assert float(wsd(89)) == pytest.approx(1 - math.sqrt(10 / 20))
+
+
+def test_runs_of_one_shape_share_one_compiled_step(tmp_path):
+    """Length, learning rate, weight decay and seed are inputs of the compiled step and initialiser,
+    not constants: a second run of the same shape finds the first one's programs in the cache."""
+    spec = load_sweep(tiny_sweep(tmp_path), device_count=1).runs[0]
+    other = dataclasses.replace(spec, seed=7, optim=dataclasses.replace(spec.optim, lr=1e-2, weight_decay=0.3),
+                                train=dataclasses.replace(spec.train, tokens=spec.train.tokens * 3))
+    assert other.steps != spec.steps
+    mesh = shd.make_mesh(MeshConfig(size=1))
+
+    def lowered(s):
+        program = tr.build_program(s, mesh)
+        params = jax.eval_shape(program.init_params)
+        opt = jax.eval_shape(program.init_opt_state, params)
+        batch = jax.ShapeDtypeStruct((program.n_micro, s.batch_size // program.n_micro, s.model.seq_len + 1),
+                                     np.int32)
+        return program.jitted_step.lower(params, opt, batch, program.hyper).as_text()
+
+    assert lowered(spec) == lowered(other)
+    # The values still act: a different learning rate trains differently.
+    assert not np.allclose(_losses(spec, 3)[0], _losses(dataclasses.replace(spec, optim=other.optim), 3)[0])
