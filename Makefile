@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SWEEP  ?= sweeps/kaplan.toml
 EXTRAS ?= test
 
-.PHONY: setup sweep smoke test test-all plots bench clean
+.PHONY: setup sweep smoke test test-all plots bench bench-efficiency clean
 
 # The venv is (re)installed when pyproject.toml or the extras change; EXTRAS=test,ray adds Ray.
 comma := ,
@@ -35,6 +35,9 @@ plots: setup            ## regenerate every figure of every results/<sweep>/
 
 bench: setup            ## tokens/s and MFU on this machine
 	$(BIN)/scaling bench
+
+bench-efficiency: setup ## every sweep-efficiency benchmark (~20 min): step speed, start-up, packing, branching, ETA
+	PYTHON=$(BIN)/python bash benchmarks/efficiency.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache results/smoke
