@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from matplotlib import colormaps
 from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from analysis.records import record_files
 
@@ -160,6 +161,14 @@ def transitions(frame: pd.DataFrame, *, x: str = "n_params", metrics=("exact_mat
 # Figures
 
 
+def _log_x(ax) -> None:
+    """A log x axis labelled at powers of ten only once it spans a decade (minor labels collide)."""
+    ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
+    if hi > lo > 0 and math.log10(hi / lo) >= 1:
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _sizes(frame: pd.DataFrame) -> tuple[list, object]:
     sizes = sorted(frame["n_params"].unique())
     norm = LogNorm(vmin=min(sizes), vmax=max(sizes) * 1.0001) if sizes else None
@@ -197,7 +206,7 @@ def emergence_figure(history: pd.DataFrame, task: str, *, discontinuous: str = "
             if chance_column in history and history[chance_column].notna().any():
                 ax.axhline(float(history[chance_column].dropna().iloc[0]), ls="--", color="gray", lw=1, label="chance")
             if x in LOG_X:
-                ax.set_xscale("log")
+                _log_x(ax)
             if x == "val_loss":
                 ax.invert_xaxis()  # better models to the right, as along the other axes
             ax.set_xlabel(X_LABELS.get(x, x))
@@ -208,7 +217,8 @@ def emergence_figure(history: pd.DataFrame, task: str, *, discontinuous: str = "
         fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes[:, [i for i, x in enumerate(xs)
                                                                          if x not in ("n_params", "n_params_nonembed")]],
                      label="Parameters (all)")
-    fig.suptitle(f"Task {task!r}: {METRIC_LABELS.get(discontinuous)} vs {METRIC_LABELS.get(continuous)}")
+    fig.suptitle(f"Task {task!r}: {METRIC_LABELS.get(discontinuous)} vs {METRIC_LABELS.get(continuous)} of the "
+                 "same held-out items (dashed: chance)")
     return fig
 
 
@@ -241,7 +251,7 @@ def confidence_figure(runs: pd.DataFrame, *, x: str = "n_params") -> Figure:
         handles.append(Line2D([], [], color="gray", ls="--", label=f"true optimal loss {optimal:.3f}"))
     ax_h.legend(handles=handles, fontsize=7, loc="upper right")
     for ax, label in ((ax_h, "nats/token"), (ax_e, "ECE (top-1, 15 bins)")):
-        ax.set_xscale("log")
+        _log_x(ax)
         ax.set_xlabel(X_LABELS.get(x, x))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
