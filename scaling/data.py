@@ -51,6 +51,8 @@ from typing import Callable
 
 import numpy as np
 
+from scaling import splitcache
+
 SOURCES = ("stdlib", "text", "tokens", "synthetic")
 TOKEN_DTYPES = ("uint16", "uint32")
 BYTE_VOCAB_SIZE = 256
@@ -301,7 +303,6 @@ def _read_chunks(path: Path) -> Iterator[bytes]:
 
 def _build_byte_corpus(stem: Path, docs: list[tuple[str, Path]], val_fraction: float) -> dict:
     """Pack docs into ``stem.train.bin`` / ``stem.val.bin``; streamed, so big corpora fit."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
     val_docs = {name for name, _ in docs if _in_val(name, val_fraction)}
     by_document = 0 < len(val_docs) < len(docs)
     if by_document:
@@ -318,11 +319,9 @@ def _build_byte_corpus(stem: Path, docs: list[tuple[str, Path]], val_fraction: f
         split_rule = f"bytes; last {n_val} of {total} packed bytes are val"
         val_docs = set()
 
-    tag = uuid.uuid4().hex  # unique per writer, threads included
-    tmp = {s: Path(f"{stem}.{s}.bin.tmp-{tag}") for s in ("train", "val", "json")}
     hashers = {"train": hashlib.sha256(), "val": hashlib.sha256()}
     counts = {"train": 0, "val": 0}
-    try:
+    with splitcache.staged(stem) as tmp:
         with open(tmp["train"], "wb") as f_train, open(tmp["val"], "wb") as f_val:
             out = {"train": f_train, "val": f_val}
 
@@ -358,12 +357,6 @@ def _build_byte_corpus(stem: Path, docs: list[tuple[str, Path]], val_fraction: f
             "train_documents": sorted(name for name, _ in docs if name not in val_docs),
         }
         tmp["json"].write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp["train"], f"{stem}.train.bin")
-        os.replace(tmp["val"], f"{stem}.val.bin")
-        os.replace(tmp["json"], f"{stem}.json")  # last: its presence marks a complete build
-    finally:
-        for t in tmp.values():
-            t.unlink(missing_ok=True)
     return manifest
 
 
