@@ -30,7 +30,6 @@ import json
 import math
 import socket
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -38,7 +37,8 @@ from typing import Callable
 from scaling import records
 from scaling.config import RunSpec
 from scaling.flops import flops_6nd, training_flops_per_token
-from scaling.run import Halt, _git_commit, _versions, base_row, enable_compilation_cache, train_run, write_failure
+from scaling.run import (Halt, _git_commit, _versions, base_row, enable_compilation_cache, record_error,
+                         train_run)
 
 HYPER = ("lr", "weight_decay", "label_smoothing", "entropy_coef")
 DONE = ("complete", "diverged")
@@ -273,10 +273,7 @@ def train_pack(specs, out_dir: str | Path, *, on_step: Callable[[dict], None] | 
                 step, state = mb.restore(lone.abstract_state())
             except CheckpointError as e:
                 mb.ckpt.close()
-                message = f"{type(e).__name__}: {e}".splitlines()[0]
-                (mb.path / "error.txt").write_text(traceback.format_exc())
-                write_failure(s, out_dir, "failed", message)
-                mb.result = {"run_id": s.run_id, "status": "failed", "error": message}
+                mb.result = {"run_id": s.run_id, "status": "failed", "error": record_error(s, out_dir, e)}
                 continue
             if start is not None and step != start:
                 raise PackError(f"the runs resume from different steps ({start} and {step})")
@@ -425,17 +422,14 @@ def _latest_checkpoint(spec: RunSpec, out_dir) -> int | None:
 
 def _record_failure(specs, out_dir, error: Exception) -> dict[str, dict]:
     """Every run of `specs` whose records do not say it finished is marked failed with `error`."""
-    message = f"{type(error).__name__}: {error}".splitlines()[0]
     out = {}
     for spec in specs:
-        path = records.run_dir(out_dir, spec.run_id)
-        status = records.read_status(path)
+        status = records.read_status(records.run_dir(out_dir, spec.run_id))
         if status in DONE:
             out[spec.run_id] = {"run_id": spec.run_id, "status": status, "error": None}
-            continue
-        (path / "error.txt").write_text(traceback.format_exc())
-        write_failure(spec, out_dir, "failed", message)
-        out[spec.run_id] = {"run_id": spec.run_id, "status": "failed", "error": message}
+        else:
+            out[spec.run_id] = {"run_id": spec.run_id, "status": "failed",
+                                "error": record_error(spec, out_dir, error)}
     return out
 
 

@@ -52,6 +52,19 @@ def write_failure(spec: RunSpec, out_dir: str | Path, status: str, error: str) -
     records.write_rows(summary, [{**row, "status": status, "error": error}])
 
 
+def error_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}".splitlines()[0]
+
+
+def record_error(spec: RunSpec, out_dir: str | Path, error: BaseException) -> str:
+    """Mark a run failed by the exception being handled: its traceback in the run's error.txt, its
+    first line (returned) in the records."""
+    message = error_line(error)
+    (records.run_dir(out_dir, spec.run_id) / "error.txt").write_text(traceback.format_exc())
+    write_failure(spec, out_dir, "failed", message)
+    return message
+
+
 def _versions() -> dict:
     out = {"python": platform.python_version()}
     for pkg in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "pyarrow"):
@@ -353,10 +366,7 @@ def run_and_record(spec: RunSpec, out_dir: str | Path, **kwargs) -> dict:
     except Halt:
         raise
     except Exception as e:  # noqa: BLE001 - any error of one run must not stop the sweep
-        message = f"{type(e).__name__}: {e}".splitlines()[0]
-        if lead:
-            (path / "error.txt").write_text(traceback.format_exc())
-            write_failure(spec, out_dir, "failed", message)
+        message = record_error(spec, out_dir, e) if lead else error_line(e)
         return {"run_id": spec.run_id, "status": "failed", "error": message}
     finally:
         if lock is not None:
