@@ -129,9 +129,9 @@ def _fits_for(law: str, runs: pd.DataFrame, history: pd.DataFrame, approaches, b
     return fits
 
 
-def _sweep_fits(runs, history, law, approaches, bootstrap, quiet=False) -> list[tuple[str | None, list[Fit]]]:
+def _sweep_fits(runs, history, law, approaches, bootstrap) -> list[tuple[str | None, list[Fit]]]:
     """[(sweep, fits)] for every sweep that can be fitted (law None: chosen per sweep). With one
-    sweep its error is the command's; with several, a failing sweep is a warning (`quiet`: none)."""
+    sweep its error is the command's; with several, a failing sweep is a warning."""
     sweeps, histories = _by_sweep(runs), _by_sweep(history)
     out, problems = [], []
     for sweep, sweep_runs in sweeps.items():
@@ -143,7 +143,7 @@ def _sweep_fits(runs, history, law, approaches, bootstrap, quiet=False) -> list[
             if len(sweeps) == 1:
                 raise
             problems.append(f"{sweep}: {_one_line(exc)}")
-    for problem in problems if not quiet else ():
+    for problem in problems:
         print(f"warning: no fit for {problem}", file=sys.stderr)
     if not out:
         raise UsageError("no sweep could be fitted: " + "; ".join(problems))
@@ -180,11 +180,12 @@ def _table(args) -> str:
     runs, history = _records(args.results_dir)
     runs_text = tables.runs_table(runs, args.format)
     try:
-        fits_text = _fits_text(_sweep_fits(runs, history, None, None, args.bootstrap), args.format)
+        sweep_fits = _sweep_fits(runs, history, None, None, args.bootstrap)
+        fits_text = _fits_text(sweep_fits, args.format)
     except (UsageError, ValueError) as exc:
         print(f"warning: no fits: {_one_line(exc)}", file=sys.stderr)
-        fits_text = ""
-    truth_text = _truth_text(runs, fits_text and _sweep_fits(runs, history, None, (3,), 0, quiet=True))
+        sweep_fits, fits_text = [], ""
+    truth_text = _truth_text(runs, sweep_fits)
     transitions_text = _transitions_text(runs, args.format, args.bootstrap)
     if args.format == "md":
         return (f"## Runs\n\n{runs_text}" + (f"\n## Fits\n\n{fits_text}" if fits_text else "")
@@ -196,7 +197,7 @@ def _table(args) -> str:
 def _truth_text(runs: pd.DataFrame, sweep_fits) -> str:
     """For a sweep on a source with a known distribution: approach 3's E against val_loss_optimal."""
     lines = []
-    for sweep, fits in sweep_fits or []:
+    for sweep, fits in sweep_fits:
         sweep_runs = runs if sweep is None else runs.loc[runs["sweep"] == sweep]
         if "val_loss_optimal" not in sweep_runs or not sweep_runs["val_loss_optimal"].notna().any():
             continue

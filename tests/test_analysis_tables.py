@@ -1,6 +1,7 @@
 """analysis.tables (markdown, CSV, LaTeX) and the `scaling fit` / `scaling table` entry points."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -133,3 +134,16 @@ def test_fit_chinchilla_table_row_matches_fit():
     fit = fit_chinchilla(points.groupby("run_id").tail(1), approach=2, bootstrap=0)
     frame = tables.fits_frame(fit).set_index("parameter")
     assert frame.loc["a", "value"] == fit.params["a"] and frame.loc["a", "law"] == "Chinchilla approach 2"
+
+
+def test_table_command_compares_the_fitted_floor_and_locates_transitions(capsys):
+    """On the shipped records: the synthetic sweep's approach-3 E against its val_loss_optimal, and
+    the emergence sweep's transitions table (one row per task and metric)."""
+    root = Path(__file__).resolve().parents[1] / "results"
+    assert table_command([str(root / "synthetic"), "--bootstrap", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "## Fitted floor against the truth" in out and "true optimal loss = 1.8795" in out
+    assert table_command([str(root / "emergence"), "--bootstrap", "0"]) == 0
+    out = capsys.readouterr().out
+    transitions = out.split("## Transitions")[1]
+    assert transitions.count("| exact_match |") == 5 and transitions.count("| target_logprob |") == 5
