@@ -125,38 +125,48 @@ class Eta:
             a, u = 0.0, float(np.median(t / f))
         return float(a), float(u)
 
-    def step_seconds(self, cost: RunCost) -> float:
+    def model(self) -> "_Model":
+        """The cost model as learned so far (fitted once per ETA, not once per run)."""
         a, u = self._step_model()
-        return a + cost.step_flops * u
-
-    def eval_seconds(self, cost: RunCost) -> float:
-        _, u = self._step_model()
         p = float(np.mean(self._eval_overheads)) if self._eval_overheads else PRIOR_EVAL_OVERHEAD_S
-        return cost.eval_flops * u + p
+        startup = float(np.mean(self._startups)) if self._startups else PRIOR_STARTUP_S
+        return _Model(a=a, u=u, p=p, startup=startup)
 
-    def startup_seconds(self) -> float:
-        return float(np.mean(self._startups)) if self._startups else PRIOR_STARTUP_S
-
-    def predict(self, cost: RunCost) -> float:
-        """Seconds for a whole run that has not started."""
-        return self.startup_seconds() + cost.steps * self.step_seconds(cost) + cost.evals * self.eval_seconds(cost)
-
-    def _left(self, run: _Run, now: float) -> float:
+    def _left(self, run: _Run, now: float, m: "_Model") -> float:
         c = run.cost
         if run.first_step_at is None:
-            return max(self.predict(c) - (now - run.spawned), 0.0)
-        step_s = run.step_seconds if run.step_seconds is not None else self.step_seconds(c)
+            return max(m.predict(c) - (now - run.spawned), 0.0)
+        step_s = run.step_seconds if run.step_seconds is not None else m.step_seconds(c)
         evals_left = c.evals * (1 - run.step / c.steps) if c.steps else 0
-        return (c.steps - run.step) * step_s + evals_left * self.eval_seconds(c)
+        return (c.steps - run.step) * step_s + evals_left * m.eval_seconds(c)
 
     def remaining(self, now: float) -> float:
         """Seconds until the last run ends, scheduling the queue as the launcher does."""
-        slots = sorted(self._left(r, now) for r in self.active.values())
+        m = self.model()
+        slots = sorted(self._left(r, now, m) for r in self.active.values())
         slots += [0.0] * max(self.workers - len(slots), 0)
         for cost in self.queue:
             i = int(np.argmin(slots))
-            slots[i] += self.predict(cost)
+            slots[i] += m.predict(cost)
         return max(slots) if slots else 0.0
+
+
+@dataclass(frozen=True)
+class _Model:
+    a: float  # fixed seconds per step
+    u: float  # seconds per FLOP
+    p: float  # fixed seconds per evaluation
+    startup: float  # seconds from spawn to the first step
+
+    def step_seconds(self, cost: RunCost) -> float:
+        return self.a + cost.step_flops * self.u
+
+    def eval_seconds(self, cost: RunCost) -> float:
+        return cost.eval_flops * self.u + self.p
+
+    def predict(self, cost: RunCost) -> float:
+        """Seconds for a whole run that has not started."""
+        return self.startup + cost.steps * self.step_seconds(cost) + cost.evals * self.eval_seconds(cost)
 
 
 def format_seconds(seconds: float) -> str:

@@ -114,6 +114,7 @@ class _Display:
 
         self.quiet, self.n_runs, self.done, self.on_eta = quiet, len(todo), 0, on_eta
         self.t0 = time.monotonic()
+        self._eta_at, self._eta_last = -math.inf, "ETA ?"
         self.eta = Eta(workers=workers, prior_flops_per_second=ASSUMED_MFU * peak_flops("float32").flops_per_second)
         self.eta.plan([RunCost.of(spec) for spec in todo])
         self.progress = None
@@ -127,13 +128,17 @@ class _Display:
             self.progress.start()
         self.total_flops = total_flops
 
-    def _eta_text(self) -> str:
+    def _eta_text(self, every: float = 0.0) -> str:
+        """The sweep's ETA, recomputed at most once per `every` seconds (step events can come
+        hundreds of times a second)."""
         from scaling.eta import format_seconds
         now = time.monotonic()
-        remaining = self.eta.remaining(now)
-        if self.on_eta:
-            self.on_eta(now - self.t0, remaining)
-        return f"ETA {format_seconds(remaining)}"
+        if now - self._eta_at >= every:
+            remaining = self.eta.remaining(now)
+            if self.on_eta:
+                self.on_eta(now - self.t0, remaining)
+            self._eta_at, self._eta_last = now, f"ETA {format_seconds(remaining)}"
+        return self._eta_last
 
     def start(self, spec: RunSpec):
         from scaling.eta import RunCost
@@ -150,14 +155,14 @@ class _Display:
         self.eta.stepped(spec.run_id, event["step"], tps, spec.batch_size * spec.model.seq_len, time.monotonic())
         if self.quiet:
             if self.on_eta:
-                self._eta_text()
+                self._eta_text(every=1.0)
             return
         task, flops_seen = self.run_tasks[spec.run_id]
         flops_now = run_flops(spec) * event["step"] / spec.steps
         info = f"step {event['step']}/{spec.steps} loss {event['loss']:.3f}" + (f" {tps:,.0f} tok/s" if tps else "")
         self.progress.update(task, completed=event["step"], info=info)
         self.progress.advance(self.sweep_task, flops_now - flops_seen)
-        self.progress.update(self.sweep_task, info=self._eta_text())
+        self.progress.update(self.sweep_task, info=self._eta_text(every=1.0))
         self.run_tasks[spec.run_id] = (task, flops_now)
 
     def finish(self, spec: RunSpec, status: str, error: str | None):
