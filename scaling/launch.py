@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from scaling import records
+from scaling import cpu, records
 from scaling.config import RunSpec
 from scaling.flops import training_flops_per_token
 from scaling.run import write_failure
@@ -192,20 +192,17 @@ def _n(spec: RunSpec) -> str:
 
 def local_jobs(sweep: SweepConfig, todo: list[RunSpec], report: SweepReport) -> list[list[RunSpec]]:
     """The runs of each local process: one run each, or with `pack = true` packs of runs that train
-    together (scaling/pack.py), largest work first. A pack needs a one-device mesh; on more devices
-    the runs train alone (and the report says so)."""
+    together (scaling/pack.py), largest work first. A pack needs the dp mesh preset (parameters
+    replicated); runs with another preset train alone (and the report says so)."""
     if not sweep.pack:
         return [[spec] for spec in todo]
-    import jax
-
     from scaling.pack import plan_packs
-    n_devices = jax.device_count()
     single, alone = [], []
     for spec in todo:
-        (single if math.prod(spec.mesh.axis_sizes(n_devices).values()) == 1 else alone).append(spec)
+        (single if spec.mesh.preset == "dp" else alone).append(spec)
     alone = [[spec] for spec in alone]
     if alone:
-        report.notes.append(f"pack = true: {len(alone)} run(s) have a mesh of several devices and train alone")
+        report.notes.append(f"pack = true: {len(alone)} run(s) have a mesh preset other than dp and train alone")
     jobs = plan_packs(single, sweep.pack_size) + alone
     return sorted(jobs, key=lambda job: sum(map(run_flops, job)), reverse=True)
 
@@ -234,7 +231,9 @@ def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quie
         from scaling.branch import plan as branch_plan
         plan = branch_plan(sweep.runs)
     display = _Display(todo, workers, quiet, on_eta)
-    env = {**os.environ, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
+    # One CPU device per core of each run's share (scaling/cpu.py), chosen for every run of the
+    # sweep: each run process validates the whole sweep file against its devices.
+    env = {**os.environ, **cpu.run_env(sweep.runs, workers), **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
     sel = selectors.DefaultSelector()
     active: dict[int, tuple[subprocess.Popen, dict[str, RunSpec], dict[str, dict]]] = {}
     queue = local_jobs(sweep, todo, report)

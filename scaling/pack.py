@@ -8,8 +8,10 @@ that differs between members enters the step as a float32 array [K] and the opti
 inside the vmapped function; one that all members share stays a Python number, so a pack whose
 members differ only in seed traces exactly the lone run's step under vmap.
 
-One pack is one process on one device: a mesh of more than one device (or several processes) trains
-its runs one after another, alone (`PackError` says why, the caller falls back).
+One pack is one process. On a mesh of several devices (the `dp` preset: parameters replicated, as
+the CPU's one-device-per-core mesh, scaling/cpu.py) every member's batch is split over the devices
+and each member's gradients are summed once per step, as in its lone step; other presets, or several
+processes, train the runs one after another, alone (`PackError` says why, the caller falls back).
 
 Records are each member's own, in its own run folder, with the lone run's columns and `pack_size` = K
 (config.json also lists the pack):
@@ -84,8 +86,10 @@ def check_packable(specs, mesh) -> None:
         raise PackError("the runs differ in more than seed, lr, weight decay, label smoothing and entropy coefficient")
     if len({s.run_id for s in specs}) < len(specs):
         raise PackError("a run appears twice")
-    if mesh.size > 1 or jax.process_count() > 1:
-        raise PackError(f"a pack trains on one device; this mesh has {mesh.size} in {jax.process_count()} process(es)")
+    if jax.process_count() > 1:
+        raise PackError(f"a pack trains in one process; this run has {jax.process_count()}")
+    if mesh.size > 1 and specs[0].mesh.preset != "dp":
+        raise PackError(f"a pack splits its batch over devices with the dp mesh preset only, not {specs[0].mesh.preset}")
 
 
 @dataclass
@@ -129,6 +133,7 @@ def build_packed_program(specs, mesh, lone=None) -> PackedProgram:
     import jax.numpy as jnp
     from flax import nnx
 
+    from scaling import sharding as shd
     from scaling import train as tr
     from scaling.model import GPT
 
@@ -145,7 +150,7 @@ def build_packed_program(specs, mesh, lone=None) -> PackedProgram:
         values = {**tr.schedule_values(spec.optim, spec.steps), "lr": h["lr"],
                   "floor": h["lr"] * spec.optim.min_lr_ratio, "weight_decay": h["weight_decay"]}
         step = tr.make_train_step(forward, tr.make_optimizer(spec.optim, spec.steps, values), lone.n_micro,
-                                  h["label_smoothing"], h["entropy_coef"])
+                                  h["label_smoothing"], h["entropy_coef"], mesh=dp_mesh)
         return step(params, opt_state, batch_mbs)
 
     def init_one(seed):
@@ -153,10 +158,16 @@ def build_packed_program(specs, mesh, lone=None) -> PackedProgram:
         model = GPT(spec.model, rngs=nnx.Rngs(jax.random.key(seed)), **tr._dtypes(spec))
         return tr._flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
-    step = jax.jit(jax.vmap(member_step, in_axes=(0, 0, 0, None)), donate_argnums=(0, 1))
-    take = jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree))
-    return PackedProgram(lone=lone, specs=tuple(specs), hyper=hyper, step=step, init=jax.jit(jax.vmap(init_one)),
-                         init_opt=jax.jit(jax.vmap(lone.tx.init)), take=take)
+    # Everything replicated but the batch, whose rows split over the mesh as in the lone step.
+    dp_mesh = mesh if tr.local_accumulation(mesh, lone.param_shardings) else None
+    rep = shd.replicated(mesh)
+    hyper = jax.device_put(hyper, rep)
+    step = jax.jit(jax.vmap(member_step, in_axes=(0, 0, 0, None)), donate_argnums=(0, 1),
+                   in_shardings=(rep, rep, rep, shd.batch_sharding(mesh)), out_shardings=rep)
+    take = jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree), out_shardings=rep)
+    return PackedProgram(lone=lone, specs=tuple(specs), hyper=hyper, step=step,
+                         init=jax.jit(jax.vmap(init_one), out_shardings=rep),
+                         init_opt=jax.jit(jax.vmap(lone.tx.init), out_shardings=rep), take=take)
 
 
 class _Member:

@@ -394,8 +394,13 @@ def _ray(t: _Table) -> RayConfig:
 def check_devices(sweep: SweepConfig, device_count: int | None) -> None:
     """Every run is at least one batch long; and, given the device count one run will get, the mesh
     fits it, the batch and the micro-batch split over it, the split matrices divide. Raises ConfigError."""
-    for spec in sweep.runs:
-        _check_run(sweep.path, spec, device_count)
+    check_runs(sweep.path, sweep.runs, device_count)
+
+
+def check_runs(file: str, specs, device_count: int | None) -> None:
+    """check_devices for some runs (`file`: the sweep file, for the error)."""
+    for spec in specs:
+        _check_run(file, spec, device_count)
 
 
 _AXIS_KEYS = {"optimizer.lr": ("lr", "float"), "optimizer.weight_decay": ("weight_decay", "float"),

@@ -8,9 +8,6 @@ while step k+1 runs, so logging never stalls the device.
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from scaling import sharding as shd
 from scaling.config import OptimConfig, RunSpec, decay_steps, eval_steps  # noqa: F401 (eval_steps: part of this API)
@@ -186,7 +184,8 @@ def build_program(spec: RunSpec, mesh: jax.sharding.Mesh) -> Program:
 
     def train_step(params, opt_state, batch_mbs, hyper):
         step = make_train_step(forward, make_optimizer(spec.optim, spec.steps, hyper), n_micro,
-                               hyper.get("label_smoothing", 0.0), hyper.get("entropy_coef", 0.0))
+                               hyper.get("label_smoothing", 0.0), hyper.get("entropy_coef", 0.0),
+                               mesh=mesh if local_accumulation(mesh, param_shardings) else None)
         return step(params, opt_state, batch_mbs)
 
     def eval_step(params, batch_bs):
@@ -213,30 +212,69 @@ def build_program(spec: RunSpec, mesh: jax.sharding.Mesh) -> Program:
 
 
 def make_train_step(forward: Callable, tx: optax.GradientTransformation, n_micro: int, label_smoothing=0.0,
-                    entropy_coef=0.0) -> Callable:
+                    entropy_coef=0.0, *, mesh: jax.sharding.Mesh | None = None) -> Callable:
     """The pure step (params, opt_state, batch [n_micro, B, S+1]) -> (params, opt_state, metrics).
     `forward(params, inputs_bs)` gives logits. The optimizer's hyper-parameters and the objective's
-    coefficients may be traced arrays: scaling/pack.py vmaps this step over packed runs."""
-    def loss_fn(params, batch_bs):
+    coefficients may be traced arrays: scaling/pack.py vmaps this step over packed runs.
+
+    `mesh` (data parallelism with replicated parameters, see `local_accumulation`): each device
+    accumulates the gradients of its own rows over all micro-batches and the devices sum them once
+    per step. Left to the compiler, the sum happens in every micro-step (XLA places the all-reduce
+    inside the scan, where replicated gradients are first needed): n_micro synchronisations of every
+    device per step instead of one. Same result up to float summation order."""
+    def loss_fn(params, batch_bs, coefs):
         logits = forward(params, batch_bs[:, :-1])
-        nll, objective, _ = token_losses(logits, batch_bs[:, 1:], label_smoothing=label_smoothing,
-                                         entropy_coef=entropy_coef)
+        nll, objective, _ = token_losses(logits, batch_bs[:, 1:], label_smoothing=coefs[0], entropy_coef=coefs[1])
         return objective.mean(), nll.mean()
 
-    def train_step(params, opt_state, batch_mbs):
+    def accumulate(params, batch_mbs, coefs):
+        """Sums over micro-batches of (gradient, loss), each micro-batch's own mean over its rows."""
         def micro_step(carry, batch_bs):
             grads, nll = carry
-            (_, nll_i), grads_i = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_bs)
+            (_, nll_i), grads_i = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_bs, coefs)
             return (jax.tree.map(jnp.add, grads, grads_i), nll + nll_i), None
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
         (grads, nll), _ = jax.lax.scan(micro_step, (zeros, jnp.float32(0.0)), batch_mbs)
-        grads = jax.tree.map(lambda g: g / n_micro, grads)
+        return grads, nll
+
+    coefs = (label_smoothing, entropy_coef)
+    axes = shd.batch_axes(mesh) if mesh is not None else None
+    n_shards = shd.batch_shards(mesh) if mesh is not None else 1
+
+    def train_step(params, opt_state, batch_mbs):
+        if axes is None:
+            grads, nll = accumulate(params, batch_mbs, coefs)
+        else:
+            # Only the coefficients that are traced travel as arguments (a Python zero stays a
+            # constant: token_losses skips its term); closed-over tracers may not enter shard_map.
+            traced = tuple(c for c in coefs if not isinstance(c, (int, float)))
+
+            def local(params, batch_mbs, traced):
+                it = iter(traced)
+                grads, nll = accumulate(params, batch_mbs, tuple(c if isinstance(c, (int, float)) else next(it)
+                                                                 for c in coefs))
+                return jax.lax.psum((grads, nll), axes)
+
+            # check_vma=False: the scan's zero carry is the same on every device and its gradient
+            # sums are not; the one psum above is the only collective, and nothing here is
+            # differentiated through the shard_map.
+            grads, nll = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(None, axes, None), P()), out_specs=P(),
+                                       check_vma=False)(params, batch_mbs, traced)
+        grads = jax.tree.map(lambda g: g / (n_micro * n_shards), grads)
+        nll = nll / (n_micro * n_shards)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": nll / n_micro, "grad_norm": optax.tree.norm(grads)}
+        return params, opt_state, {"loss": nll, "grad_norm": optax.tree.norm(grads)}
 
     return train_step
+
+
+def local_accumulation(mesh: jax.sharding.Mesh, param_shardings) -> bool:
+    """Whether the step can accumulate gradients per device and sum them once (make_train_step's
+    `mesh`): every parameter replicated and the batch split over more than one device."""
+    return shd.batch_shards(mesh) > 1 and all(s.spec == P() or all(a is None for a in s.spec)
+                                              for s in jax.tree.leaves(param_shardings))
 
 
 def default_micro_batch(per_device: int, seq_len: int, platform: str) -> int:

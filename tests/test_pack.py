@@ -3,6 +3,7 @@ vmapped program, and each writes exactly the records it would write alone."""
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -11,8 +12,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import write_sweep
-from scaling import cli, records
+from conftest import REPO, write_sweep
+from scaling import cli, cpu, records
 from scaling.pack import PackError, check_packable, plan_packs, run_pack_and_record, train_pack
 from scaling.run import Halt, train_run
 from scaling.sweep import load_sweep
@@ -94,6 +95,35 @@ def test_packed_runs_write_the_records_of_lone_runs(lone, tmp_path):
     assert len(set(finals)) == 4
 
 
+PACK_ON_TWO_DEVICES = """
+import dataclasses, sys
+import jax
+from scaling.pack import train_pack
+from scaling.sweep import load_sweep
+assert jax.device_count() == 2, jax.devices()
+spec = load_sweep(sys.argv[1], device_count=2).runs[0]
+r = dataclasses.replace
+specs = [spec, r(spec, seed=1), r(spec, optim=r(spec.optim, lr=1e-2, weight_decay=0.0)),
+         r(spec, train=r(spec.train, label_smoothing=0.1, entropy_coef=0.05))]
+assert [x["status"] for x in train_pack(specs, sys.argv[2])] == ["complete"] * 4
+"""
+
+
+def test_a_pack_splits_its_batch_over_two_devices_and_matches_lone_runs(lone, tmp_path):
+    """The CPU's one-device-per-core mesh (scaling/cpu.py): each member's rows split over the devices,
+    gradients summed once per step; the records still equal the lone runs' on one device."""
+    specs, lone_out = lone
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    env.pop("JAX_NUM_CPU_DEVICES", None)
+    proc = subprocess.run([sys.executable, "-c", PACK_ON_TWO_DEVICES, str(pack_sweep(tmp_path)), str(tmp_path / "out")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for spec in specs:
+        assert_same_losses(tmp_path / "out", lone_out, spec)
+        assert pq.read_table(records.run_dir(tmp_path / "out", spec.run_id) / "summary.parquet").to_pylist()[0][
+            "n_devices"] == 2
+
+
 def test_a_killed_pack_resumes_and_finished_runs_are_skipped(lone, tmp_path):
     specs, lone_out = lone
     out = tmp_path / "out"
@@ -133,6 +163,8 @@ def test_sweep_with_pack_trains_its_runs_in_one_process(tmp_path):
         assert summary["status"] == "complete"
         pack = tuple(json.loads((path / "config.json").read_text())["pack"])
         assert summary["pack_size"] == len(pack) and spec.run_id in pack
+        # The launcher gave the pack's process one CPU device per core (scaling/cpu.py).
+        assert summary["n_devices"] == cpu.devices_per_run(runs, 1)
         packs[pack] = packs.get(pack, 0) + 1
     assert list(packs.values()) == [4]  # one pack, one process: the sweep ran 4 runs at once with max_parallel 1
     again = subprocess.run([sys.executable, "-m", "scaling", "sweep", str(sweep), "--quiet"], cwd=tmp_path,
@@ -150,8 +182,11 @@ def test_plan_packs_groups_runs_that_compute_alike(tmp_path):
     packs = plan_packs(same + [other_data, other_shape, other_schedule], pack_size=3)
     assert [len(p) for p in packs] == [3, 2, 2, 1, 1, 1]
     assert [p[0] for p in packs[3:]] == [other_data, other_shape, other_schedule]
-    with pytest.raises(PackError, match="one device"):
-        check_packable(same[:2], SimpleNamespace(size=2))
+    fsdp = [r(x, mesh=r(x.mesh, preset="fsdp")) for x in same[:2]]
+    with pytest.raises(PackError, match="dp mesh preset only"):
+        check_packable(fsdp, SimpleNamespace(size=2))
+    check_packable(fsdp, SimpleNamespace(size=1))
+    check_packable(same[:2], SimpleNamespace(size=2))
     with pytest.raises(PackError, match="differ in more"):
         check_packable([spec, other_shape], SimpleNamespace(size=1))
 
