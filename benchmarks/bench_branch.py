@@ -87,6 +87,10 @@ def main() -> int:
     print("D-axis (tokens):", ", ".join(f"{t:.3g}" for t in tokens))
 
     branched = sweep_file("branched", True, tokens)
+    # The comparison runs below train in this process: give it the CPU devices that run_local
+    # gives its run processes (one per core, scaling/cpu.py), so that "alone" is bitwise comparable.
+    from scaling import cpu
+    cpu.configure(branched.runs)
     plan = branch_plan(branched.runs)
     trunk = max(branched.runs, key=lambda s: s.steps)
     alone = sweep_file("alone", False, tokens[-1:])

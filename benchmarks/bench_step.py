@@ -39,11 +39,14 @@ KAPLAN = {"seq_len": 64, "batch_tokens": 4096, "head_dim": 16}
 SHAPES = {"L1-d16": (1, 16), "L4-d96": (4, 96)}
 
 
-def _startup() -> None:
-    try:  # the XLA flags a run sets before JAX starts; older commits have no such module
-        import scaling.startup  # noqa: F401
+def _cpu_devices(spec) -> None:
+    """Give the worker the CPU devices a sweep's run gets (one per core that the batch splits over,
+    scaling/cpu.py), before JAX starts. Older commits have no such module: one device."""
+    try:
+        from scaling import cpu
     except ImportError:
-        pass
+        return
+    cpu.configure([spec])
 
 
 # --- worker: one variant, one model ----------------------------------------------------------------
@@ -51,7 +54,10 @@ def _startup() -> None:
 
 def worker(shape: str) -> None:
     n_layer, d_model = SHAPES[shape]
-    _startup()
+    from scaling.bench import bench_spec
+    spec = bench_spec(n_layer, d_model, KAPLAN["head_dim"], seq_len=KAPLAN["seq_len"],
+                      batch_tokens=KAPLAN["batch_tokens"], steps=1000)
+    _cpu_devices(spec)
     import dataclasses
 
     import jax
@@ -60,11 +66,8 @@ def worker(shape: str) -> None:
     from scaling import hardware
     from scaling import sharding as shd
     from scaling import train as tr
-    from scaling.bench import bench_spec
     from scaling.flops import training_flops_per_token
 
-    spec = bench_spec(n_layer, d_model, KAPLAN["head_dim"], seq_len=KAPLAN["seq_len"],
-                      batch_tokens=KAPLAN["batch_tokens"], steps=1000)
     mesh = shd.make_mesh(spec.mesh)
     program = tr.build_program(spec, mesh)
     params = program.init_params()
@@ -90,7 +93,7 @@ def worker(shape: str) -> None:
     flops_per_step = training_flops_per_token(**dataclasses.asdict(spec.model)) * spec.batch_size * spec.model.seq_len
     peak = hardware.peak_flops("float32", n_devices=mesh.size)
     print(json.dumps({"compile_s": compile_s, "flops_per_step": flops_per_step, "peak": peak.flops_per_second,
-                      "peak_source": peak.source}), flush=True)
+                      "peak_source": peak.source, "devices": mesh.size}), flush=True)
     for line in sys.stdin:
         n = int(line)
         t0, c0 = time.perf_counter(), time.process_time()
@@ -104,8 +107,8 @@ def worker(shape: str) -> None:
 
 def matmul_ceiling(n_layer: int, d_model: int) -> dict:
     """Every matmul of one training step, alone: forward x @ w and, for the backward, dy @ w^T and
-    x^T @ dy, for the dense layers, the logits and attention's batched QK^T / PV."""
-    _startup()
+    x^T @ dy, for the dense layers, the logits and attention's batched QK^T / PV (one device, XLA
+    splitting each matmul over the cores)."""
     import jax
     import jax.numpy as jnp
 
@@ -214,7 +217,7 @@ def main() -> int:
                 walls = [t["wall"] for t in times[name]]
                 best, median = min(walls), statistics.median(walls)
                 mfu = lambda t: meta["flops_per_step"] / t / meta["peak"]
-                print(f"{shape:7s} {name:18s} step ms best {1e3 * best:7.2f} median {1e3 * median:7.2f}   "
+                print(f"{shape:7s} {name:18s} {meta['devices']} dev  step ms best {1e3 * best:7.2f} median {1e3 * median:7.2f}   "
                       f"MFU best {mfu(best):6.1%} median {mfu(median):6.1%}   "
                       f"cpu ms/step {1e3 * min(t['cpu'] for t in times[name]):7.2f}   "
                       f"compile+3 steps {meta['compile_s']:.1f} s   loss {times[name][-1]['loss']:.4f}", flush=True)

@@ -68,15 +68,15 @@ def measure(spec: RunSpec, steps: int, warmup: int = 3) -> dict:
 
 
 def main(args) -> int:
-    import jax
     from rich.console import Console
     from rich.table import Table
 
-    rows = []
-    for n_layer, d_model, head_dim in DEFAULT_SHAPES:
-        spec = bench_spec(n_layer, d_model, head_dim, seq_len=args.seq_len, batch_tokens=args.batch_tokens,
-                          steps=args.steps)
-        rows.append(measure(spec, args.steps))
+    from scaling import cpu
+    specs = [bench_spec(n_layer, d_model, head_dim, seq_len=args.seq_len, batch_tokens=args.batch_tokens,
+                        steps=args.steps) for n_layer, d_model, head_dim in DEFAULT_SHAPES]
+    cpu.configure(specs)  # a CPU as a sweep's run sees it: one device per core
+    import jax
+    rows = [measure(spec, args.steps) for spec in specs]
     console = Console()
     console = console if console.is_terminal else Console(width=160)
     table = Table(title=f"scaling bench: {jax.devices()[0].device_kind} x{jax.device_count()}, seq_len "

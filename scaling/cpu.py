@@ -52,3 +52,15 @@ def run_env(specs, runs_at_once: int) -> dict[str, str]:
     """The environment that gives a run process its CPU devices (`devices_per_run`); empty where
     the user chose a count."""
     return {} if chosen_by_user() else {ENV: str(devices_per_run(specs, runs_at_once))}
+
+
+def configure(specs) -> int | None:
+    """In this process, before JAX starts a backend: the CPU devices a lone run of `specs` gets.
+    Returns the count, or None where the user chose one or a backend has already started."""
+    import jax
+    from jax._src import xla_bridge
+    if chosen_by_user() or xla_bridge.backends_are_initialized():
+        return None
+    n = devices_per_run(specs)
+    jax.config.update("jax_num_cpu_devices", n)
+    return n

@@ -10,7 +10,6 @@ import pyarrow.parquet as pq
 
 from conftest import REPO, tiny_sweep
 from scaling import records
-from scaling.run import train_run
 from scaling.sweep import load_sweep
 
 
@@ -67,7 +66,11 @@ def test_sigkill_mid_run_then_rerun_resumes_to_the_same_losses(tmp_path):
     rerun = scaling("sweep", sweep_path, "-q", cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     resumed = summaries(tmp_path / "out")[spec.run_id]
-    whole = train_run(spec, tmp_path / "uninterrupted")
+    # The same run uninterrupted, launched the same way (the same CPU devices: scaling/cpu.py).
+    (tmp_path / "ref").mkdir()
+    ref_path = tiny_sweep(tmp_path / "ref", tokens=128 * 120)
+    assert scaling("sweep", ref_path, "-q", cwd=tmp_path).returncode == 0
+    whole = summaries(tmp_path / "ref" / "out")[spec.run_id]
     assert resumed["status"] == "complete"
     assert (resumed["val_loss"], resumed["train_loss"]) == (whole["val_loss"], whole["train_loss"])
 
