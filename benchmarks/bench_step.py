@@ -42,10 +42,9 @@ SHAPES = {"L1-d16": (1, 16), "L4-d96": (4, 96)}
 def _cpu_devices(spec) -> None:
     """Give the worker the CPU devices a sweep's run gets (one per core that the batch splits over,
     scaling/cpu.py), before JAX starts. Older commits have no such module: one device."""
-    try:
-        from scaling import cpu
-    except ImportError:
-        return
+    if not (Path(os.environ.get("PYTHONPATH", REPO)) / "scaling" / "cpu.py").exists():
+        return  # (the editable install would otherwise lend this checkout's module to an old tree)
+    from scaling import cpu
     cpu.configure([spec])
 
 
