@@ -77,10 +77,16 @@ def worker(shape: str) -> None:
     state = {"step": 0, "params": params, "opt": opt_state}
 
     def run(n):
-        p, o = state["params"], state["opt"]
+        # As a run does (scaling/run.py): step k's loss is read while step k+1 runs. (Queueing many
+        # steps ahead can deadlock XLA:CPU's in-process all-reduce on a multi-device CPU mesh:
+        # benchmarks/NOTES.md, "One device per core".)
+        p, o, pending = state["params"], state["opt"], None
         for _ in range(n):
             local = tr.micro_batches(batcher.batch(state["step"]), mesh.size, program.n_micro)
             p, o, metrics = program.train_step(p, o, tr.to_global(local, sharding, shape_mbs))
+            if pending is not None:
+                float(pending["loss"])
+            pending = metrics
             state["step"] += 1
         jax.block_until_ready(metrics)
         state["params"], state["opt"] = p, o

@@ -47,15 +47,23 @@ def measure(spec: RunSpec, steps: int, warmup: int = 3) -> dict:
         local = tr.micro_batches(batcher.batch(s), mesh.size, program.n_micro)
         return program.train_step(params, opt_state, tr.to_global(local, sharding, shape))
 
+    def steps_from(first, n):
+        # As a run does (scaling/run.py): step k's loss is read while step k+1 runs, never more
+        # than two steps in flight (deep queues can deadlock XLA:CPU's in-process all-reduce).
+        nonlocal params, opt_state
+        pending = None
+        for s in range(first, first + n):
+            params, opt_state, metrics = step(params, opt_state, s)
+            if pending is not None:
+                float(pending["loss"])
+            pending = metrics
+        jax.block_until_ready(metrics)
+
     t0 = time.perf_counter()
-    for s in range(warmup):
-        params, opt_state, metrics = step(params, opt_state, s)
-    jax.block_until_ready(metrics)
+    steps_from(0, warmup)
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    for s in range(warmup, warmup + steps):
-        params, opt_state, metrics = step(params, opt_state, s)
-    jax.block_until_ready(metrics)
+    steps_from(warmup, steps)
     elapsed = time.perf_counter() - t0
     tokens = steps * spec.batch_size * spec.model.seq_len
     flops = training_flops_per_token(**dataclasses.asdict(spec.model)) * tokens
