@@ -1,7 +1,10 @@
 """A GPT-2 style pre-LN decoder in Flax NNX, and its loss.
 
-Dimension letters used in names: B batch, S sequence, D model, H heads, K head size, F feed-forward,
-V vocabulary. Parameters live in `param_dtype` (float32); matmuls run in `compute_dtype`; LayerNorm,
+Dimension letters used in names: B batch, S sequence, T tokens (B x S), D model, H heads, K head size,
+F feed-forward, V vocabulary. Between attentions the residual stream is kept as [T, D], so every
+dense layer and its gradients are plain 2-D matmuls; with a [B, S, D] stream XLA:CPU computed the
+weight gradients through transposed copies (benchmarks/NOTES.md, "Step speed": 12-14% less CPU
+time a step for the kaplan sweep's models). Parameters live in `param_dtype` (float32); matmuls run in `compute_dtype`; LayerNorm,
 softmax and the loss run in float32 (mixed-precision practice of Micikevicius et al. 2018).
 """
 
@@ -41,10 +44,12 @@ class Block(nnx.Module):
         self.fc = _linear(d, f, INIT_STD, rngs, dtype, param_dtype)
         self.fc_proj = _linear(f, d, resid_std, rngs, dtype, param_dtype)
 
-    def __call__(self, x_bsd):
-        b, s, d = x_bsd.shape
+    def __call__(self, x_td, b, s):
+        """x_td: the residual stream as [tokens, D] (tokens = b * s): the dense layers and their
+        gradients are plain 2-D matmuls."""
+        d = x_td.shape[-1]
         h = self.n_head
-        qkv = self.qkv(self.ln1(x_bsd).astype(self.dtype))
+        qkv = self.qkv(self.ln1(x_td).astype(self.dtype))
         q_bshk, k_bshk, v_bshk = (t.reshape(b, s, h, d // h) for t in jnp.split(qkv, 3, axis=-1))
         if self.attention == "dot_product_attention":
             # cuDNN flash attention on GPUs that have it; XLA elsewhere.
@@ -55,9 +60,9 @@ class Block(nnx.Module):
             scores_bhss = jnp.where(causal_ss, scores_bhss, jnp.finfo(jnp.float32).min)
             probs_bhss = jax.nn.softmax(scores_bhss, axis=-1).astype(self.dtype)
             y_bshk = jnp.einsum("bhqs,bshk->bqhk", probs_bhss, v_bshk)
-        x_bsd = x_bsd + self.proj(y_bshk.reshape(b, s, d))
-        x_bsd = x_bsd + self.fc_proj(jax.nn.gelu(self.fc(self.ln2(x_bsd).astype(self.dtype))))
-        return x_bsd
+        x_td = x_td + self.proj(y_bshk.reshape(b * s, d))
+        x_td = x_td + self.fc_proj(jax.nn.gelu(self.fc(self.ln2(x_td).astype(self.dtype))))
+        return x_td
 
 
 class GPT(nnx.Module):
@@ -76,16 +81,16 @@ class GPT(nnx.Module):
                                                                pdtype, bias=False)
 
     def __call__(self, tokens_bs):
-        s = tokens_bs.shape[1]
-        x_bsd = self.wte(tokens_bs) + self.wpe(jnp.arange(s))[None]
+        b, s = tokens_bs.shape
+        x_td = (self.wte(tokens_bs) + self.wpe(jnp.arange(s))[None]).reshape(b * s, -1)
         for block in self.blocks:
-            x_bsd = block(x_bsd)
-        x_bsd = self.ln_f(x_bsd).astype(self.dtype)
+            x_td = block(x_td, b, s)
+        x_td = self.ln_f(x_td).astype(self.dtype)
         if self.lm_head is None:
-            logits_bsv = x_bsd @ self.wte.embedding[...].astype(self.dtype).T
+            logits_tv = x_td @ self.wte.embedding[...].astype(self.dtype).T
         else:
-            logits_bsv = self.lm_head(x_bsd)
-        return logits_bsv.astype(jnp.float32)
+            logits_tv = self.lm_head(x_td)
+        return logits_tv.reshape(b, s, -1).astype(jnp.float32)
 
 
 def token_losses(logits_bsv, targets_bs, *, label_smoothing: float = 0.0, entropy_coef: float = 0.0):
