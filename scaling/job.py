@@ -55,7 +55,8 @@ def outcome(result: dict) -> dict:
 
 def run_pack(sweep_path: str | Path, run_ids: list[str], *, on_step: Callable[[dict], None] | None = None) -> list[dict]:
     """Train runs `run_ids` of the sweep file together in this one process, as packs where they may
-    share one (scaling/pack.py), and return each run's summary, in order. One process, no
+    share one (scaling/pack.py), or, in a branched sweep, a trunk and its branches one after another;
+    return each run's summary, in order. One process, no
     `jax.distributed`. Raises ConfigError for an unknown run id."""
     import jax
 
@@ -66,4 +67,17 @@ def run_pack(sweep_path: str | Path, run_ids: list[str], *, on_step: Callable[[d
     for run_id in run_ids:
         if run_id not in by_id:
             raise ConfigError(str(sweep_path), "--run-id", f"no run {run_id!r} in this sweep (see --dry-run)")
+    if sweep.branch:
+        # A trunk and its branches (launch.local_jobs): one after another in this process, the
+        # trunk first, each branch resuming from the seed the trunk wrote. One process start-up
+        # and one loaded compiled step for the group instead of one per run.
+        from scaling.branch import plan as branch_plan
+        from scaling.run import run_and_record
+        plan = branch_plan(sweep.runs)
+        results = []
+        for run_id in run_ids:
+            tagged = (lambda event, r=run_id: on_step({**event, "run_id": r})) if on_step else None
+            result = run_and_record(by_id[run_id], sweep.out_dir, on_step=tagged, plan=plan)
+            results.append({**result, "run_id": run_id})
+        return results
     return run_pack_and_record([by_id[r] for r in run_ids], sweep.out_dir, on_step=on_step)

@@ -190,10 +190,14 @@ def _n(spec: RunSpec) -> str:
     return f"{param_counts(**dataclasses.asdict(spec.model)).n_params_nonembed:.3g}"
 
 
-def local_jobs(sweep: SweepConfig, todo: list[RunSpec], report: SweepReport) -> list[list[RunSpec]]:
+def local_jobs(sweep: SweepConfig, todo: list[RunSpec], report: SweepReport, workers: int = 1) -> list[list[RunSpec]]:
     """The runs of each local process: one run each, or with `pack = true` packs of runs that train
     together (scaling/pack.py), largest work first. A pack needs the dp mesh preset (parameters
     replicated); runs with another preset train alone (and the report says so)."""
+    if sweep.branch and workers == 1:
+        return branch_jobs(sweep, todo)
+    if sweep.branch:  # several workers: a branch starts in its own process as soon as its seed is there
+        return [[spec] for spec in todo]
     if not sweep.pack:
         return [[spec] for spec in todo]
     from scaling.pack import plan_packs
@@ -207,12 +211,28 @@ def local_jobs(sweep: SweepConfig, todo: list[RunSpec], report: SweepReport) -> 
     return sorted(jobs, key=lambda job: sum(map(run_flops, job)), reverse=True)
 
 
+def branch_jobs(sweep: SweepConfig, todo: list[RunSpec]) -> list[list[RunSpec]]:
+    """A branched sweep's processes, one run at a time: each trunk with its unfinished branches,
+    trunk first (a branch costs only its cool-down, so a process start-up of its own would be a
+    large part of it), and each branch whose trunk is done or not in `todo`, alone. Largest work
+    first."""
+    from scaling.branch import plan as branch_plan
+    plan = branch_plan(sweep.runs)
+    groups: dict[str, list[RunSpec]] = {}
+    for spec in todo:
+        b = plan.branches.get(spec.run_id)
+        groups.setdefault(b.trunk if b else spec.run_id, []).append(spec)
+    jobs = [sorted(g, key=lambda s: s.run_id != trunk) for trunk, g in groups.items()]
+    return sorted(jobs, key=lambda job: sum(map(run_flops, job)), reverse=True)
+
+
 def _next_job(queue: list[list[RunSpec]], plan, out_dir, unfinished: set[str], idle: bool) -> list[RunSpec] | None:
     """The first queued job that may start: a branch waits for its trunk's seed (scaling/branch.py);
     when nothing runs, the first job starts anyway (a branch without a seed trains from step 0)."""
     if plan is None:
         return queue[0]
-    ready = next((job for job in queue if all(plan.ready(s, out_dir, unfinished) for s in job)), None)
+    # A job's later runs are its first run's branches (branch_jobs): the first decides.
+    ready = next((job for job in queue if plan.ready(job[0], out_dir, unfinished)), None)
     return ready or (queue[0] if idle else None)
 
 
@@ -236,7 +256,7 @@ def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quie
     env = {**os.environ, **cpu.run_env(sweep.runs, workers), **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
     sel = selectors.DefaultSelector()
     active: dict[int, tuple[subprocess.Popen, dict[str, RunSpec], dict[str, dict]]] = {}
-    queue = local_jobs(sweep, todo, report)
+    queue = local_jobs(sweep, todo, report, workers)
     try:
         while queue or active:
             while queue and len(active) < workers:

@@ -128,14 +128,22 @@ def test_run_ids_without_branching_are_unchanged(tmp_path):
     assert len({s.run_id for s in plain.runs} & {s.run_id for s in branched.runs}) == 1
 
 
-def test_local_launcher_starts_branches_from_their_seeds(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_local_launcher_starts_branches_from_their_seeds(tmp_path, workers):
+    """One worker: the trunk and its branches train in one process, trunk first (launch.branch_jobs);
+    two: each branch in its own process, started once its seed is there."""
     from analysis import load_runs
-    from scaling.launch import run_local
+    from scaling.launch import SweepReport, local_jobs, run_local
     sweep = load_sweep(branched_sweep(tmp_path), device_count=1)
-    report = run_local(sweep, sweep.runs, max_parallel=2, quiet=True)
+    trunk = max(sweep.runs, key=lambda s: s.steps)
+    jobs = local_jobs(sweep, sweep.runs, SweepReport(), workers)
+    if workers == 1:
+        assert len(jobs) == 1 and jobs[0][0] == trunk and len(jobs[0]) == 3
+    else:
+        assert sorted(len(j) for j in jobs) == [1, 1, 1]
+    report = run_local(sweep, sweep.runs, max_parallel=workers, quiet=True)
     assert not report.failed and len(report.complete) == 3
     runs = load_runs(sweep.out_dir).set_index("run_id")
-    trunk = max(sweep.runs, key=lambda s: s.steps)
     for b in branching.plan(sweep.runs).of_trunk(trunk.run_id):
         assert runs.loc[b.spec.run_id, "branched_from"] == trunk.run_id
         assert runs.loc[b.spec.run_id, "branch_step"] == b.step
