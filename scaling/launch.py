@@ -257,6 +257,7 @@ def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quie
     sel = selectors.DefaultSelector()
     active: dict[int, tuple[subprocess.Popen, dict[str, RunSpec], dict[str, dict]]] = {}
     queue = local_jobs(sweep, todo, report, workers)
+    shown: set[str] = set()  # runs the display has started
     try:
         while queue or active:
             while queue and len(active) < workers:
@@ -276,8 +277,11 @@ def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quie
                 active[proc.pid] = (proc, job, states)
                 report.max_running = max(report.max_running, sum(len(j) for _, j, _ in active.values()))
                 sel.register(proc.stdout, selectors.EVENT_READ, proc.pid)
-                for spec in job.values():
+                # A pack's runs train at once; a trunk's group (branch_jobs) one after another: each
+                # of its later runs is shown, and counted by the ETA, from its first step.
+                for spec in (picked[:1] if sweep.branch else picked):
                     display.start(spec)
+                    shown.add(spec.run_id)
             for key, _ in sel.select(timeout=1.0):
                 proc, job, states = active[key.data]
                 line = key.fileobj.readline()
@@ -291,6 +295,9 @@ def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quie
                     if run_id not in job:
                         continue
                     if event.get("event") == "step":
+                        if run_id not in shown:
+                            display.start(job[run_id])
+                            shown.add(run_id)
                         display.update(job[run_id], event)
                     elif event.get("event") == "done":
                         states[run_id].update(status=event["status"], error=event.get("error"))
@@ -302,6 +309,9 @@ def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quie
                     if status is None:  # the child died without reporting: a crash, OOM or kill
                         error = f"run process exited with code {code}"
                     status = finish_run(report, sweep, spec, status, error)
+                    if run_id not in shown:  # ended before its first step (failed, or found complete)
+                        display.start(spec)
+                        shown.add(run_id)
                     display.finish(spec, status, error)
                 del active[key.data]
     finally:
