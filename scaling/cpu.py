@@ -58,9 +58,11 @@ def configure(specs) -> int | None:
     """In this process, before JAX starts a backend: the CPU devices a lone run of `specs` gets.
     Returns the count, or None where the user chose one or a backend has already started."""
     import jax
-    from jax._src import xla_bridge
-    if chosen_by_user() or xla_bridge.backends_are_initialized():
+    if chosen_by_user():
         return None
     n = devices_per_run(specs)
-    jax.config.update("jax_num_cpu_devices", n)
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:  # "should be updated before backends are initialized"
+        return None
     return n

@@ -113,6 +113,7 @@ class _Display:
         from scaling.hardware import peak_flops
 
         self.quiet, self.n_runs, self.done, self.on_eta = quiet, len(todo), 0, on_eta
+        self.started: set[str] = set()
         self.t0 = time.monotonic()
         self._eta_at, self._eta_last = -math.inf, "ETA ?"
         self.eta = Eta(workers=workers, prior_flops_per_second=ASSUMED_MFU * peak_flops("float32").flops_per_second)
@@ -141,7 +142,11 @@ class _Display:
         return self._eta_last
 
     def start(self, spec: RunSpec):
+        """Show `spec` as running (once: later calls for it do nothing)."""
         from scaling.eta import RunCost
+        if spec.run_id in self.started:
+            return
+        self.started.add(spec.run_id)
         self.eta.started(spec.run_id, RunCost.of(spec), time.monotonic())
         if self.quiet:
             print(f"start {spec.run_id} (N={_n(spec)}, D={spec.steps * spec.batch_size * spec.model.seq_len:.3g}) "
@@ -196,14 +201,12 @@ def local_jobs(sweep: SweepConfig, todo: list[RunSpec], report: SweepReport, wor
     replicated); runs with another preset train alone (and the report says so)."""
     if sweep.branch and workers == 1:
         return branch_jobs(sweep, todo)
-    if sweep.branch:  # several workers: a branch starts in its own process as soon as its seed is there
-        return [[spec] for spec in todo]
-    if not sweep.pack:
-        return [[spec] for spec in todo]
-    from scaling.pack import plan_packs
+    if not sweep.pack:  # (branch and pack exclude each other: with several workers a branch starts
+        return [[spec] for spec in todo]  # in its own process as soon as its seed is there)
+    from scaling.pack import PACK_PRESET, plan_packs
     single, alone = [], []
     for spec in todo:
-        (single if spec.mesh.preset == "dp" else alone).append(spec)
+        (single if spec.mesh.preset == PACK_PRESET else alone).append(spec)
     alone = [[spec] for spec in alone]
     if alone:
         report.notes.append(f"pack = true: {len(alone)} run(s) have a mesh preset other than dp and train alone")
@@ -257,7 +260,6 @@ def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quie
     sel = selectors.DefaultSelector()
     active: dict[int, tuple[subprocess.Popen, dict[str, RunSpec], dict[str, dict]]] = {}
     queue = local_jobs(sweep, todo, report, workers)
-    shown: set[str] = set()  # runs the display has started
     try:
         while queue or active:
             while queue and len(active) < workers:
@@ -281,7 +283,6 @@ def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quie
                 # of its later runs is shown, and counted by the ETA, from its first step.
                 for spec in (picked[:1] if sweep.branch else picked):
                     display.start(spec)
-                    shown.add(spec.run_id)
             for key, _ in sel.select(timeout=1.0):
                 proc, job, states = active[key.data]
                 line = key.fileobj.readline()
@@ -295,9 +296,7 @@ def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quie
                     if run_id not in job:
                         continue
                     if event.get("event") == "step":
-                        if run_id not in shown:
-                            display.start(job[run_id])
-                            shown.add(run_id)
+                        display.start(job[run_id])
                         display.update(job[run_id], event)
                     elif event.get("event") == "done":
                         states[run_id].update(status=event["status"], error=event.get("error"))
@@ -309,9 +308,7 @@ def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quie
                     if status is None:  # the child died without reporting: a crash, OOM or kill
                         error = f"run process exited with code {code}"
                     status = finish_run(report, sweep, spec, status, error)
-                    if run_id not in shown:  # ended before its first step (failed, or found complete)
-                        display.start(spec)
-                        shown.add(run_id)
+                    display.start(spec)  # if it ended before its first step (failed, or found complete)
                     display.finish(spec, status, error)
                 del active[key.data]
     finally:

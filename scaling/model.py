@@ -1,11 +1,14 @@
 """A GPT-2 style pre-LN decoder in Flax NNX, and its loss.
 
 Dimension letters used in names: B batch, S sequence, T tokens (B x S), D model, H heads, K head size,
-F feed-forward, V vocabulary. Between attentions the residual stream is kept as [T, D], so every
-dense layer and its gradients are plain 2-D matmuls; with a [B, S, D] stream XLA:CPU computed the
-weight gradients through transposed copies (benchmarks/NOTES.md, "Step speed": 12-14% less CPU
-time a step for the kaplan sweep's models). Parameters live in `param_dtype` (float32); matmuls run in `compute_dtype`; LayerNorm,
-softmax and the loss run in float32 (mixed-precision practice of Micikevicius et al. 2018).
+F feed-forward, V vocabulary. Parameters live in `param_dtype` (float32); matmuls run in
+`compute_dtype`; LayerNorm, softmax and the loss run in float32 (mixed-precision practice of
+Micikevicius et al. 2018).
+
+Between attentions the residual stream is kept as [T, D], so every dense layer and its gradients
+are plain 2-D matmuls; with a [B, S, D] stream XLA:CPU computed the weight gradients through
+transposed copies (benchmarks/NOTES.md, "Step speed": 12-14% less CPU time a step for the kaplan
+sweep's models).
 """
 
 from __future__ import annotations

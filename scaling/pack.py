@@ -43,6 +43,7 @@ from scaling.run import (Halt, _git_commit, _versions, base_row, enable_compilat
                          train_run)
 
 HYPER = ("lr", "weight_decay", "label_smoothing", "entropy_coef")
+PACK_PRESET = "dp"  # the mesh preset a pack may split its batch over (parameters replicated)
 DONE = ("complete", "diverged")
 
 
@@ -88,8 +89,9 @@ def check_packable(specs, mesh) -> None:
         raise PackError("a run appears twice")
     if jax.process_count() > 1:
         raise PackError(f"a pack trains in one process; this run has {jax.process_count()}")
-    if mesh.size > 1 and specs[0].mesh.preset != "dp":
-        raise PackError(f"a pack splits its batch over devices with the dp mesh preset only, not {specs[0].mesh.preset}")
+    if mesh.size > 1 and specs[0].mesh.preset != PACK_PRESET:
+        raise PackError(f"a pack splits its batch over devices with the {PACK_PRESET} mesh preset only, "
+                        f"not {specs[0].mesh.preset}")
 
 
 @dataclass

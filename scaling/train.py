@@ -273,8 +273,7 @@ def make_train_step(forward: Callable, tx: optax.GradientTransformation, n_micro
 def local_accumulation(mesh: jax.sharding.Mesh, param_shardings) -> bool:
     """Whether the step can accumulate gradients per device and sum them once (make_train_step's
     `mesh`): every parameter replicated and the batch split over more than one device."""
-    return shd.batch_shards(mesh) > 1 and all(s.spec == P() or all(a is None for a in s.spec)
-                                              for s in jax.tree.leaves(param_shardings))
+    return shd.batch_shards(mesh) > 1 and all(all(a is None for a in s.spec) for s in jax.tree.leaves(param_shardings))
 
 
 def default_micro_batch(per_device: int, seq_len: int, platform: str) -> int:
