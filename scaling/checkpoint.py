@@ -14,6 +14,8 @@ from pathlib import Path
 
 import orbax.checkpoint as ocp
 
+from scaling import preemption
+
 # Orbax logs every save at INFO; the run's own progress says enough.
 logging.getLogger("absl").setLevel(logging.WARNING)
 
@@ -34,9 +36,10 @@ class Checkpoints:
 
     def save(self, step: int, state: dict, host: dict) -> None:
         """`state`: arrays (params, optimizer state); `host`: JSON-able host-side counters saved with them."""
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        host=ocp.args.JsonSave(host)), force=True)
-        self.manager.wait_until_finished()
+        with preemption.critical():  # a job's stop signal waits for the save's threads to finish
+            self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                            host=ocp.args.JsonSave(host)), force=True)
+            self.manager.wait_until_finished()
 
     def restore(self, step: int, abstract_state: dict) -> tuple[dict, dict]:
         try:

@@ -121,7 +121,7 @@ class _Display:
         self.progress = None
         total_flops = sum(map(run_flops, todo))
         if not quiet:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                                      TimeElapsedColumn(), refresh_per_second=4)
             self.sweep_task = self.progress.add_task(f"sweep 0/{self.n_runs} runs", total=total_flops, info="")

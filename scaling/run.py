@@ -7,6 +7,7 @@ resume and recomputed identically: training is deterministic).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from scaling import branch as branching
-from scaling import records
+from scaling import preemption, records
 from scaling.config import RunSpec
 from scaling.flops import FLOPS_CONVENTION, flops_6nd, param_counts, training_flops_per_token
 
@@ -259,63 +260,76 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
             measured[at] = (values, ev["ece_bins"])
         return measured[at]
 
+    def save(at: int) -> None:
+        if seeder is not None:
+            seeder.save_pending()
+        ckpt.save(at, {"params": params, "opt_state": opt_state},
+                  {"losses_since_eval": losses_since_eval, **(seeder.host_state() if seeder else {})})
+
     last = {"step": step, "wall_seconds": wall_offset}
     try:
-        while step < spec.steps:
-            step += 1
-            local = batcher.batch(step - 1, data_share, n_shares)
-            batch = tr.to_global(tr.micro_batches(local, local_shards, program.n_micro), batch_sharding, global_shape)
-            params, opt_state, metrics = program.train_step(params, opt_state, batch)
-            if pending is not None:
-                loss, _ = read(pending)
-                if on_step:
-                    on_step({"step": pending[0], "steps": spec.steps, "tokens": pending[0] * tokens_per_step,
-                             "loss": loss, "tokens_per_second": timed_tokens / timed_seconds if timed_seconds else None})
-            pending = (step, metrics)
-            if first_step:
-                jax.block_until_ready(metrics)
-                first_step, clock = False, time.perf_counter()
-                if (step not in evals and step != spec.steps and step % max(t.checkpoint_every, 1) != 0
-                        and not (seeder and seeder.needs(step))):
-                    continue
-            own_sync = step in evals or (t.checkpoint_every and step % t.checkpoint_every == 0)
-            if own_sync or (seeder and seeder.needs(step)):
-                loss, grad_norm = read(pending)
-                pending = None
-                now = time.perf_counter()
-                if clock is not None:
-                    dt = now - clock
-                    n_tok = (step - last["step_timed"]) * tokens_per_step if "step_timed" in last else 0
-                    timed_tokens += n_tok
-                    timed_seconds += dt if n_tok else 0.0
-                    interval_tokens += n_tok
-                    interval_seconds += dt if n_tok else 0.0
-                if step in evals:
-                    values, bins = measure(step, params, grad_norm)
-                    r = row(step=step, train_loss=float(np.mean(losses_since_eval)), lr=float(schedule(step - 1)),
-                            **values)
-                    history.append(r)
-                    calibration.extend({"run_id": spec.run_id, "step": step, "tokens": r["tokens"], **b}
-                                       for b in reliability_table(bins))
-                    losses_since_eval.clear()
-                if seeder is not None:
-                    seeder.at_step(step, lambda at: measure(at, params, grad_norm), row,
-                                   {"params": params, "opt_state": opt_state})
-                if step in evals:
-                    interval_tokens, interval_seconds = 0, 0.0
-                if own_sync:
-                    if seeder is not None:
-                        seeder.save_pending()
-                    ckpt.save(step, {"params": params, "opt_state": opt_state},
-                              {"losses_since_eval": losses_since_eval, **(seeder.host_state() if seeder else {})})
+        # One process stops between steps when its job is being preempted (scaling/preemption.py);
+        # several would first have to agree on the step, so theirs stop where submitit stops them.
+        with preemption.polling() if single else contextlib.nullcontext():
+            while step < spec.steps:
+                if preemption.requested() and single:
+                    if pending is not None:
+                        read(pending)
+                        pending = None
+                    if step and ckpt.latest_step() != step:
+                        save(step)
+                    raise preemption.Preempted(step)
+                step += 1
+                local = batcher.batch(step - 1, data_share, n_shares)
+                batch = tr.to_global(tr.micro_batches(local, local_shards, program.n_micro), batch_sharding, global_shape)
+                params, opt_state, metrics = program.train_step(params, opt_state, batch)
+                if pending is not None:
+                    loss, _ = read(pending)
+                    if on_step:
+                        on_step({"step": pending[0], "steps": spec.steps, "tokens": pending[0] * tokens_per_step,
+                                 "loss": loss, "tokens_per_second": timed_tokens / timed_seconds if timed_seconds else None})
+                pending = (step, metrics)
+                if first_step:
+                    jax.block_until_ready(metrics)
+                    first_step, clock = False, time.perf_counter()
+                    if (step not in evals and step != spec.steps and step % max(t.checkpoint_every, 1) != 0
+                            and not (seeder and seeder.needs(step))):
+                        continue
+                own_sync = step in evals or (t.checkpoint_every and step % t.checkpoint_every == 0)
+                if own_sync or (seeder and seeder.needs(step)):
+                    loss, grad_norm = read(pending)
+                    pending = None
+                    now = time.perf_counter()
+                    if clock is not None:
+                        dt = now - clock
+                        n_tok = (step - last["step_timed"]) * tokens_per_step if "step_timed" in last else 0
+                        timed_tokens += n_tok
+                        timed_seconds += dt if n_tok else 0.0
+                        interval_tokens += n_tok
+                        interval_seconds += dt if n_tok else 0.0
                     if step in evals:
-                        write("running", history[-1])
-                    if halt_at is not None and step >= halt_at:
-                        raise Halt(step)
-                clock = time.perf_counter()
-                last["step_timed"] = step
-            elif clock is not None and "step_timed" not in last:
-                last["step_timed"] = step - 1
+                        values, bins = measure(step, params, grad_norm)
+                        r = row(step=step, train_loss=float(np.mean(losses_since_eval)), lr=float(schedule(step - 1)),
+                                **values)
+                        history.append(r)
+                        calibration.extend({"run_id": spec.run_id, "step": step, "tokens": r["tokens"], **b}
+                                           for b in reliability_table(bins))
+                        losses_since_eval.clear()
+                    if seeder is not None:
+                        seeder.at_step(step, lambda at: measure(at, params, grad_norm), row,
+                                       {"params": params, "opt_state": opt_state})
+                    if step in evals:
+                        interval_tokens, interval_seconds = 0, 0.0
+                    if own_sync:
+                        save(step)
+                        if step in evals:
+                            write("running", history[-1])
+                        if halt_at is not None and step >= halt_at:
+                            raise Halt(step)
+                    clock = time.perf_counter()
+                    last["step_timed"] = step
+                elif clock is not None and "step_timed" not in last:
+                    last["step_timed"] = step - 1
         final = dict(history[-1])
         tps = timed_tokens / timed_seconds if timed_seconds else final["tokens_per_second"]
         final.update(wall_seconds=wall_offset + time.perf_counter() - t_start, tokens_per_second=tps,
@@ -334,6 +348,9 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
         else:
             ckpt.close()
         return {**final, "status": "complete"}
+    except preemption.Preempted:
+        ckpt.close()
+        raise
     except tr.Diverged as e:
         bad = row(step=step, train_loss=math.nan, val_loss=math.nan, val_entropy=math.nan, val_ece=math.nan,
                   lr=float(schedule(step - 1)), grad_norm=math.nan,

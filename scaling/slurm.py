@@ -4,10 +4,12 @@ Each array task runs one run the way `scaling run` does (scaling/job.py), on `no
 `gpus_per_node` devices with one process per GPU (JAX joins them: scaling/distributed.py). At most
 `max_parallel` tasks run at once (`#SBATCH --array=0-N%max_parallel`).
 
-Preemption and time-outs: SLURM sends SIGUSR2 `signal_delay_s` before it kills the job; submitit
+Preemption and time-outs: SLURM sends SIGUSR2 `signal_delay_s` before it kills the job. A run in
+one process finishes its step, saves a checkpoint of it and stops (scaling/preemption.py); submitit
 then calls the task's `checkpoint()`, which resubmits the same task, and requeues the job. The task
-starts again and the runner resumes from the run's last orbax checkpoint (saved every
-`checkpoint_every` steps and at every evaluation), so at most that many steps are redone. A run
+starts again and the runner resumes from that checkpoint, so no step is trained twice. A run over
+several processes is stopped by submitit at once (after any checkpoint being written) and resumes
+from its last checkpoint (saved every `checkpoint_every` steps and at every evaluation). A run
 longer than the time limit therefore chains through several jobs (at most `max_timeouts` + 1).
 
 Submitit's pickles and the jobs' logs go to `[slurm] folder` (default `<out_dir>/slurm`), which,
@@ -40,8 +42,12 @@ class RunTask(submitit.helpers.Checkpointable):
         self.sweep_path, self.run_id, self.cwd, self.distributed = sweep_path, run_id, cwd, distributed
 
     def __call__(self) -> dict:
+        from scaling import preemption
         from scaling.job import outcome, run_one
-        return outcome(run_one(self.sweep_path, self.run_id, cwd=self.cwd, distributed=self.distributed))
+        with preemption.deferred():  # SIGUSR2 stops the run between steps, then submitit requeues
+            return outcome(run_one(self.sweep_path, self.run_id, cwd=self.cwd, distributed=self.distributed))
+        # Reached only where submitit's handler returned instead of exiting (a task of rank > 0).
+        return {"run_id": self.run_id, "status": "preempted", "error": None}
 
     def __repr__(self) -> str:
         return f"RunTask({self.run_id})"

@@ -2,7 +2,6 @@
 
 import dataclasses
 import math
-import shutil
 
 import jax
 import numpy as np
