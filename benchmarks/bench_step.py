@@ -16,6 +16,12 @@ workers in turn for `--steps` timed steps, `--rounds` times. Interleaving keeps 
 load from favouring one variant; the table shows the best and the median round. Batches are made
 on the host inside the timed loop, as in a real run.
 
+Because this machine's speed drifts (a shared VM: the 2048^3 matmul probe has read from 100 to 307
+GFLOP/s on the same host in one day), a probe process also measures the matmul peak once per round,
+right before the round, with the probe of scaling/hardware.py at 2048^3 (best of 5). The second
+MFU column divides each round's step time by that round's peak: the MFU of the step under the
+conditions it ran in. The first divides by the cached peak, as the records do.
+
 `--ceiling` times every matmul of one training step (forward, and the two backward matmuls per
 forward matmul, with the model's shapes) alone, back to back in one jitted function: the best MFU
 XLA's matmuls of these shapes allow on this machine, whatever the code around them does.
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -107,6 +114,27 @@ def worker(shape: str) -> None:
                           "loss": loss}), flush=True)
 
 
+def probe_worker() -> None:
+    """Answers each line on stdin with the best FLOP/s of five 2048^3 float32 matmuls (the CPU probe
+    of scaling/hardware.py at its first size), measured then."""
+    import jax
+    import jax.numpy as jnp
+
+    size = 2048
+    matmul = jax.jit(lambda a, b: a @ b)
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32) / size**0.5
+    matmul(a, b).block_until_ready()
+    print(json.dumps({"ready": True}), flush=True)
+    for _ in sys.stdin:
+        best = math.inf
+        for _ in range(5):
+            t0 = time.perf_counter()
+            matmul(a, b).block_until_ready()
+            best = min(best, time.perf_counter() - t0)
+        print(json.dumps({"peak": 2.0 * size**3 / best}), flush=True)
+
+
 # --- ceiling: the step's matmuls alone ----------------------------------------------------------------
 
 
@@ -182,6 +210,12 @@ def start(src: Path, shape: str) -> tuple[subprocess.Popen, dict]:
     return proc, json.loads(proc.stdout.readline())
 
 
+def ask(proc: subprocess.Popen, line: str) -> dict:
+    proc.stdin.write(line + "\n")
+    proc.stdin.flush()
+    return json.loads(proc.stdout.readline())
+
+
 def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -195,6 +229,9 @@ def main() -> int:
     p.add_argument("--ceiling", action="store_true", help="also time the step's matmuls alone")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.worker == "probe":
+        probe_worker()
+        return 0
     if args.worker:
         worker(args.worker)
         return 0
@@ -208,24 +245,31 @@ def main() -> int:
         print(f"bench_step: kaplan settings {KAPLAN}, float32; {load()}", flush=True)
         for shape in args.shapes.split(","):
             workers = {name: start(src, shape) for name, src in variants.items()}
+            probe, _ = start(REPO, "probe")
             info = next(iter(workers.values()))[1]
             steps = args.steps or max(2, round(1.0 / (info["flops_per_step"] / (0.15 * info["peak"]))))
             times = {name: [] for name in workers}
+            peaks = []
             for _ in range(args.rounds):
+                peaks.append(ask(probe, "peak")["peak"])
                 for name, (proc, _) in workers.items():
-                    proc.stdin.write(f"{steps}\n")
-                    proc.stdin.flush()
-                    times[name].append(json.loads(proc.stdout.readline()))
+                    times[name].append({**ask(proc, str(steps)), "peak": peaks[-1]})
+            probe.stdin.close()
+            probe.wait()
             for name, (proc, meta) in workers.items():
                 proc.stdin.close()
                 proc.wait()
                 walls = [t["wall"] for t in times[name]]
                 best, median = min(walls), statistics.median(walls)
                 mfu = lambda t: meta["flops_per_step"] / t / meta["peak"]
+                round_mfu = [meta["flops_per_step"] / t["wall"] / t["peak"] for t in times[name]]
                 print(f"{shape:7s} {name:18s} {meta['devices']} dev  step ms best {1e3 * best:7.2f} median {1e3 * median:7.2f}   "
                       f"MFU best {mfu(best):6.1%} median {mfu(median):6.1%}   "
+                      f"vs round peak best {max(round_mfu):6.1%} median {statistics.median(round_mfu):6.1%}   "
                       f"cpu ms/step {1e3 * min(t['cpu'] for t in times[name]):7.2f}   "
                       f"compile+3 steps {meta['compile_s']:.1f} s   loss {times[name][-1]['loss']:.4f}", flush=True)
+            print(f"{shape:7s} matmul peak measured before each round: " + " ".join(f"{p / 1e9:.0f}" for p in peaks)
+                  + " GFLOP/s", flush=True)
             if len(workers) == 2:
                 (a, ta), (b, tb) = times.items()
                 ratio = statistics.median(x["wall"] / y["wall"] for x, y in zip(ta, tb))
