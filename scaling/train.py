@@ -26,10 +26,11 @@ ECE_BINS = 15  # equal-width confidence bins (Guo et al. 2017)
 
 # On a CPU, `micro_batch = 0` splits each device's batch into micro-batches of at most this many
 # tokens. A step is mostly elementwise passes (LayerNorm, GELU, softmax, their gradients) over
-# [tokens, width] activations, and at 512 tokens those stay in a core's L2 cache: the kaplan
-# sweep's L4-d96 steps ran 1.5x faster than with the whole 4096-token batch, the small models
-# about as fast (benchmarks/NOTES.md, "Step speed"). Accelerators keep the whole batch.
-CPU_MICRO_BATCH_TOKENS = 512
+# [tokens, width] activations, and at 256 tokens those stay in a core's L2 cache: the kaplan
+# sweep's L4-d96 steps ran 1.5x faster at 512 tokens than with the whole 4096-token batch, and
+# with one device per core another 1.05-1.12x faster at 256; the small models about as fast
+# (benchmarks/NOTES.md, "Step speed"). Accelerators keep the whole batch.
+CPU_MICRO_BATCH_TOKENS = 256
 
 
 class Diverged(Exception):

@@ -45,17 +45,17 @@ def test_accumulation_equals_full_batch(tmp_path):
 
 
 def test_cpu_default_micro_batch_keeps_the_losses(tmp_path):
-    # micro_batch = 0 on a CPU splits the batch into micro-batches of at most 512 tokens (for
+    # micro_batch = 0 on a CPU splits the batch into micro-batches of at most 256 tokens (for
     # speed); the losses are those of the whole batch in one pass, to float noise.
-    assert tr.default_micro_batch(64, 64, "cpu") == 8  # the kaplan sweep: 8 micro-steps of 512 tokens
+    assert tr.default_micro_batch(32, 64, "cpu") == 4  # kaplan, per core: 8 micro-steps of 256 tokens
     assert tr.default_micro_batch(64, 64, "gpu") == 64
-    assert tr.default_micro_batch(12, 64, "cpu") == 6  # the largest divisor within the limit
+    assert tr.default_micro_batch(10, 64, "cpu") == 2  # the largest divisor within the limit
     assert tr.default_micro_batch(4, 2048, "cpu") == 1
     spec = load_sweep(tiny_sweep(tmp_path), device_count=1).runs[0]
     train = dataclasses.replace(spec.train, batch_tokens=2048, tokens=3 * 2048)
     auto, n_auto = _losses(dataclasses.replace(spec, train=train))
     whole, n_whole = _losses(dataclasses.replace(spec, train=dataclasses.replace(train, micro_batch=128)))
-    assert (n_auto, n_whole) == (4, 1)
+    assert (n_auto, n_whole) == (8, 1)
     np.testing.assert_allclose(auto, whole, rtol=0, atol=1e-5)
 
 
