@@ -90,22 +90,20 @@ def deferred(signum: int = signal.SIGUSR2) -> Iterator[None]:
 
 
 @contextmanager
-def polling() -> Iterator[None]:
+def _holding(counter: str) -> Iterator[None]:
+    setattr(_state, counter, getattr(_state, counter) + 1)
+    try:
+        yield
+    finally:
+        setattr(_state, counter, getattr(_state, counter) - 1)
+    _hand_over_if_waiting()  # a signal that came in the block and was not dealt with
+
+
+def polling():
     """Within: the caller checks `requested()` at each step boundary and stops there itself."""
-    _state.polling += 1
-    try:
-        yield
-    finally:
-        _state.polling -= 1
-    _hand_over_if_waiting()  # it came after the last step's check
+    return _holding("polling")
 
 
-@contextmanager
-def critical() -> Iterator[None]:
+def critical():
     """Within: the signal waits (a checkpoint is being written)."""
-    _state.critical += 1
-    try:
-        yield
-    finally:
-        _state.critical -= 1
-    _hand_over_if_waiting()
+    return _holding("critical")
