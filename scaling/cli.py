@@ -218,12 +218,22 @@ def _run_pack(args) -> int:
 
 
 def cmd_status(args) -> int:
+    """A results folder's runs; or, given a sweep file, every run of its grid, the ones that have
+    not started shown as `pending`."""
     import pyarrow.parquet as pq
     from rich.table import Table
-    root = Path(args.results)
-    summaries = sorted(root.glob("runs/*/summary.parquet")) or sorted(root.glob("*/runs/*/summary.parquet"))
-    if not summaries:
-        return _fail(f"{root}: no runs found (expected {root}/runs/<run_id>/summary.parquet)")
+    root, planned = Path(args.results), []
+    if root.is_file() or root.suffix == ".toml":
+        from scaling import records
+        from scaling.run import base_row
+        from scaling.sweep import load_sweep
+        sweep = load_sweep(root)
+        root, planned = Path(sweep.out_dir), [base_row(spec) for spec in sweep.runs]
+        summaries = [p for r in planned if (p := records.run_dir(root, r["run_id"]) / "summary.parquet").exists()]
+    else:
+        summaries = sorted(root.glob("runs/*/summary.parquet")) or sorted(root.glob("*/runs/*/summary.parquet"))
+        if not summaries:
+            return _fail(f"{root}: no runs found (expected {root}/runs/<run_id>/summary.parquet, or a sweep file)")
     table = Table(title=str(root))
     for col in ("run", "N (non-embed)", "D (tokens)", "step", "status", "val loss", "tokens/s", "MFU", "wall"):
         table.add_column(col, justify="left" if col in ("run", "status") else "right")
@@ -242,6 +252,12 @@ def cmd_status(args) -> int:
                       fmt(r.get("step"), "d"), r["status"] + (f" ({r['error']})" if r.get("error") else ""),
                       fmt(r.get("val_loss"), ".4f"), fmt(r.get("tokens_per_second"), ",.0f"), fmt(r.get("mfu"), ".1%"),
                       fmt(r.get("wall_seconds"), ".1f") + ("s" if r.get("wall_seconds") is not None else ""))
+    started = {p.parent.name for p in summaries}
+    for r in planned:
+        if r["run_id"] not in started:
+            counts["pending"] = counts.get("pending", 0) + 1
+            table.add_row(r["run_id"], format(r["n_params_nonembed"], ","), format(r["target_tokens"], ".3g"),
+                          "", "pending", "", "", "", "")
     console = _console()
     console.print(table)
     console.print(", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
@@ -308,8 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "jax.distributed.initialize() with JAX's own detection (TPU pods, Open MPI); off: one process")
     r.set_defaults(func=cmd_run)
 
-    st = sub.add_parser("status", help="a table of a results folder's runs")
-    st.add_argument("results")
+    st = sub.add_parser("status", help="a table of a results folder's runs, or of every run of a sweep file")
+    st.add_argument("results", help="a results folder (results/<sweep>) or a sweep file")
     st.set_defaults(func=cmd_status)
 
     b = sub.add_parser("bench", help="tokens/s and MFU of a few model sizes on this machine")

@@ -39,6 +39,20 @@ def test_smoke_sweep_end_to_end_then_rerun_skips(tmp_path):
     assert status.returncode == 0 and status.stdout.count("complete") >= 3
 
 
+def test_status_of_a_sweep_file_lists_every_run_of_its_grid(tmp_path, capsys):
+    from scaling.cli import main
+    from scaling.run import write_failure
+    path = tiny_sweep(tmp_path, more_models=", { n_layer = 2, d_model = 32 }")
+    sweep = load_sweep(path)
+    write_failure(sweep.runs[1], sweep.out_dir, "failed", "out of memory")
+    assert main(["status", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "failed 1, pending 1" in out
+    assert sweep.runs[0].run_id in out and "pending" in out.split(sweep.runs[0].run_id)[1].splitlines()[0]
+    assert main(["status", str(tmp_path / "missing.toml")]) == 2
+    assert "missing.toml: no such file" in capsys.readouterr().err
+
+
 def test_dry_run_and_only(tmp_path):
     sweep = tiny_sweep(tmp_path, more_models=", { n_layer = 2, d_model = 32 }")
     proc = scaling("sweep", sweep, "--dry-run", "--only", "d_model=32", cwd=tmp_path)
