@@ -239,6 +239,9 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
         losses_since_eval.append(loss)
         if seeder is not None:
             seeder.on_loss(loss)
+        if on_step:  # every step, whether read while the next one runs or at a sync point
+            on_step({"step": s, "steps": spec.steps, "tokens": s * tokens_per_step, "loss": loss,
+                     "tokens_per_second": timed_tokens / timed_seconds if timed_seconds else None})
         return loss, float(metrics["grad_norm"])
 
     measured: dict = {}
@@ -284,10 +287,7 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
                 batch = tr.to_global(tr.micro_batches(local, local_shards, program.n_micro), batch_sharding, global_shape)
                 params, opt_state, metrics = program.train_step(params, opt_state, batch)
                 if pending is not None:
-                    loss, _ = read(pending)
-                    if on_step:
-                        on_step({"step": pending[0], "steps": spec.steps, "tokens": pending[0] * tokens_per_step,
-                                 "loss": loss, "tokens_per_second": timed_tokens / timed_seconds if timed_seconds else None})
+                    read(pending)
                 pending = (step, metrics)
                 if first_step:
                     jax.block_until_ready(metrics)
