@@ -338,8 +338,12 @@ def train_pack(specs, out_dir: str | Path, *, on_step: Callable[[dict], None] | 
                     continue
                 if not math.isfinite(losses[i]):
                     diverge(mb, f"non-finite training loss at step {s}")
-                else:
-                    mb.losses_since_eval.append(float(losses[i]))
+                    continue
+                mb.losses_since_eval.append(float(losses[i]))
+                if on_step:  # every step, whether read while the next one runs or at a sync point
+                    on_step({"run_id": mb.spec.run_id, "step": s, "steps": spec.steps, "tokens": s * tokens_per_step,
+                             "loss": float(losses[i]),
+                             "tokens_per_second": timed_tokens / timed_seconds if timed_seconds else None})
             return losses, norms
 
         while step < spec.steps and any(mb.active for mb in live):
@@ -348,14 +352,7 @@ def train_pack(specs, out_dir: str | Path, *, on_step: Callable[[dict], None] | 
             batch = tr.to_global(tr.micro_batches(local, local_shards, lone.n_micro), batch_sharding, global_shape)
             params, opt_state, metrics = program.train_step(params, opt_state, batch)
             if pending is not None:
-                losses, _ = read(pending)
-                if on_step:
-                    tps = timed_tokens / timed_seconds if timed_seconds else None
-                    for i, mb in enumerate(live):
-                        if mb.active:
-                            on_step({"run_id": mb.spec.run_id, "step": pending[0], "steps": spec.steps,
-                                     "tokens": pending[0] * tokens_per_step, "loss": float(losses[i]),
-                                     "tokens_per_second": tps})
+                read(pending)
             pending = (step, metrics)
             if timed_from is None:  # the first step compiles: time from its end
                 jax.block_until_ready(metrics)
