@@ -284,7 +284,8 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
                     raise preemption.Preempted(step)
                 step += 1
                 local = batcher.batch(step - 1, data_share, n_shares)
-                batch = tr.to_global(tr.micro_batches(local, local_shards, program.n_micro), batch_sharding, global_shape)
+                micro = tr.micro_batches(local, local_shards, program.n_micro)
+                batch = tr.to_global(micro, batch_sharding, global_shape)
                 params, opt_state, metrics = program.train_step(params, opt_state, batch)
                 if pending is not None:
                     read(pending)
