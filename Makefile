@@ -36,7 +36,7 @@ plots: setup            ## regenerate every figure of every results/<sweep>/
 bench: setup            ## tokens/s and MFU on this machine
 	$(BIN)/scaling bench
 
-bench-efficiency: setup ## every sweep-efficiency benchmark (~20 min): step speed, start-up, packing, branching, ETA
+bench-efficiency: setup ## every sweep-efficiency benchmark (7-12 min): step speed, start-up, packing, branching, ETA
 	PYTHON=$(BIN)/python bash benchmarks/efficiency.sh
 
 clean:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every figure of the sweep-efficiency work, one benchmark after another (about 20 minutes on two
+# Every figure of the sweep-efficiency work, one benchmark after another (7 to 12 minutes on two
 # idle CPU cores): `make bench-efficiency`, or `bash benchmarks/efficiency.sh [BASELINE_REV]`.
 # Each script prints its own table; benchmarks/NOTES.md records what they gave and why.
 set -euo pipefail
