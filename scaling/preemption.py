@@ -61,8 +61,7 @@ def _hand_over_if_waiting() -> None:
 
 def _on_signal(signum: int, frame) -> None:
     _state.signum = signum
-    if not _state.polling and not _state.critical:
-        _hand_over()
+    _hand_over_if_waiting()
 
 
 @contextmanager
