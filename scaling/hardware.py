@@ -294,11 +294,12 @@ def _cached_probe(kind: str, dtype: str, path: Path, refresh: bool) -> Peak:
     return peak
 
 
-def _measure_matmul_peak(dtype: str) -> Peak:
+def _measure_matmul_peak(dtype: str, sizes: tuple[int, ...] | None = None) -> Peak:
     """Best FLOP/s of square matmuls on the first device, over sizes and repetitions.
 
-    Each size is compiled and run once (warm-up), then timed up to _PROBE_REPEATS times with
-    block_until_ready; the best time of each size gives its rate and the best rate wins. Best,
+    Each size (`sizes`, default _PROBE_SIZES) is compiled and run once (warm-up), then timed up to
+    _PROBE_REPEATS times with block_until_ready; the best time of each size gives its rate and the
+    best rate wins. Best,
     not mean: the peak is what the hardware can do, and noise only ever slows a run down.
     """
     kind = "cpu" if _platform() == "cpu" else "accelerator"
@@ -313,7 +314,7 @@ def _measure_matmul_peak(dtype: str) -> Peak:
 
     deadline = time.perf_counter() + _PROBE_BUDGET_SECONDS
     best_rate, best_size = 0.0, 0
-    for size in _PROBE_SIZES[kind]:
+    for size in sizes or _PROBE_SIZES[kind]:
         key_a, key_b = jax.random.split(jax.random.key(size))
         a = jax.random.normal(key_a, (size, size), jnp.float32).astype(jnp_dtype)
         b = (jax.random.normal(key_b, (size, size), jnp.float32) / size**0.5).astype(jnp_dtype)
