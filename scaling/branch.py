@@ -176,11 +176,7 @@ class _Track:
 
     branch: Branch
     evals: set[int]
-    lr: object  # the branch's own schedule: update count -> lr
-    columns: dict  # the branch's own spec columns
-    losses: list[float]  # training losses since the branch's last evaluation
-    rows: list[dict]
-    calibration: list[dict]
+    log: object  # run.RunLog of the branch: its rows, calibration bins and losses since its last evaluation
 
 
 class Seeder:
@@ -190,9 +186,11 @@ class Seeder:
     for a fresh start). A branch is left to train alone when its seed cannot be made exactly: its
     branch point is behind the resume point, or it was not being tracked when the trunk last saved."""
 
-    def __init__(self, out_dir, trunk: RunSpec, branches: list[Branch], restored_step: int | None, host: dict):
-        from scaling.run import base_row
-        from scaling.train import eval_steps, lr_schedule
+    def __init__(self, out_dir, trunk: RunSpec, branches: list[Branch], restored_step: int | None, host: dict,
+                 ctx):
+        """`ctx`: the trunk's run.RunContext (a branch has the trunk's shape, data and mesh)."""
+        from scaling.run import RunLog
+        from scaling.train import eval_steps
         self.out_dir, self.trunk = out_dir, trunk
         tracked = host.get("branch_losses", {})
         self.active: list[_Track] = []
@@ -202,17 +200,16 @@ class Seeder:
                     or seed_dir(out_dir, b).exists() or (own / "checkpoints").exists()
                     or records.read_status(own) in ("complete", "diverged")):
                 continue
-            rows, calibration = [], []
+            log = RunLog(b.spec, out_dir, ctx, columns={"branched_from": trunk.run_id, "branch_step": b.step})
+            log.losses_since_eval = list(tracked.get(b.spec.run_id, []))
             pending = _pending_dir(out_dir, b)
             if restored_step and (pending / "history.parquet").exists():
-                rows = [r for r in records.read_rows(pending / "history.parquet") if r["step"] <= restored_step]
+                log.history = [r for r in records.read_rows(pending / "history.parquet") if r["step"] <= restored_step]
                 if (pending / "calibration.parquet").exists():
-                    calibration = [r for r in records.read_rows(pending / "calibration.parquet")
-                                   if r["step"] <= restored_step]
-            columns = {**base_row(b.spec), "branched_from": trunk.run_id, "branch_step": b.step}
+                    log.calibration = [r for r in records.read_rows(pending / "calibration.parquet")
+                                       if r["step"] <= restored_step]
             self.active.append(_Track(b, {s for s in eval_steps(b.spec.steps, b.spec.train.eval_points) if s <= b.step},
-                                      lr_schedule(b.spec.optim, b.spec.steps), columns,
-                                      list(tracked.get(b.spec.run_id, [])), rows, calibration))
+                                      log))
 
     def needs(self, step: int) -> bool:
         """Whether the trunk must stop at `step` (read its loss, hold its state) for a branch."""
@@ -220,21 +217,14 @@ class Seeder:
 
     def on_loss(self, loss: float) -> None:
         for t in self.active:
-            t.losses.append(loss)
+            t.log.losses_since_eval.append(loss)
 
-    def at_step(self, step: int, measure, row, state: dict) -> None:
+    def at_step(self, step: int, measure, state: dict) -> None:
         """`measure(step)`: (evaluation columns, calibration bins) of the trunk's state after `step`
-        updates, shared with the trunk's own row; `row(over, **values)`: a record row."""
-        from scaling.metrics import reliability_table
+        updates, shared with the trunk's own row."""
         for t in list(self.active):
             if step in t.evals:
-                values, bins = measure(step)
-                r = row(t.columns, step=step, train_loss=sum(t.losses) / len(t.losses) if t.losses else float("nan"),
-                        lr=float(t.lr(step - 1)), **values)
-                t.rows.append(r)
-                t.calibration.extend({"run_id": t.branch.spec.run_id, "step": step, "tokens": r["tokens"], **b}
-                                     for b in reliability_table(bins))
-                t.losses.clear()
+                t.log.evaluation(step, *measure(step))
             if step == t.branch.step:
                 self._write_seed(t, state)
                 self.active.remove(t)
@@ -245,11 +235,11 @@ class Seeder:
         tmp = final.parent / f".tmp-{t.branch.spec.run_id}"
         shutil.rmtree(tmp, ignore_errors=True)
         ckpt = Checkpoints(tmp / "checkpoints")
-        ckpt.save(t.branch.step, state, {"losses_since_eval": list(t.losses)})
+        ckpt.save(t.branch.step, state, {"losses_since_eval": list(t.log.losses_since_eval)})
         ckpt.close()
-        records.write_rows(tmp / "history.parquet", t.rows)
-        if t.calibration:
-            records.write_table(tmp / "calibration.parquet", t.calibration)
+        records.write_rows(tmp / "history.parquet", t.log.history)
+        if t.log.calibration:
+            records.write_table(tmp / "calibration.parquet", t.log.calibration)
         records.write_json(tmp / "branch.json", {"branched_from": self.trunk.run_id, "branch_step": t.branch.step})
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -257,14 +247,14 @@ class Seeder:
 
     def host_state(self) -> dict:
         """What the trunk's checkpoint must hold to resume its branches' rows exactly."""
-        return {"branch_losses": {t.branch.spec.run_id: list(t.losses) for t in self.active}}
+        return {"branch_losses": {t.branch.spec.run_id: list(t.log.losses_since_eval) for t in self.active}}
 
     def save_pending(self) -> None:
         """The rows so far of branches not yet seeded; written before the trunk's checkpoint, and
         read back up to the checkpoint's step on resume (as the run's own history is)."""
         for t in self.active:
-            if t.rows:
+            if t.log.history:
                 pending = _pending_dir(self.out_dir, t.branch)
-                records.write_rows(pending / "history.parquet", t.rows)
-                if t.calibration:
-                    records.write_table(pending / "calibration.parquet", t.calibration)
+                records.write_rows(pending / "history.parquet", t.log.history)
+                if t.log.calibration:
+                    records.write_table(pending / "calibration.parquet", t.log.calibration)

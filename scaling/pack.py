@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +37,7 @@ from typing import Callable
 
 from scaling import records
 from scaling.config import RunSpec
-from scaling.flops import flops_6nd, training_flops_per_token
-from scaling.run import (Halt, _git_commit, _versions, base_row, enable_compilation_cache, record_error,
-                         train_run)
+from scaling.run import Halt, RunContext, RunLog, Throughput, enable_compilation_cache, record_error, train_run
 
 HYPER = ("lr", "weight_decay", "label_smoothing", "entropy_coef")
 PACK_PRESET = "dp"  # the mesh preset a pack may split its batch over (parameters replicated)
@@ -173,61 +170,29 @@ def build_packed_program(specs, mesh, lone=None) -> PackedProgram:
 
 
 class _Member:
-    """One run of a pack: its folder, its records so far, its checkpoints and host-side counters,
-    kept as `run.train_run` keeps them for a lone run."""
+    """One run of a pack: its records (kept as `run.train_run` keeps a lone run's), its checkpoints
+    and, once it has one, its outcome."""
 
-    def __init__(self, spec: RunSpec, out_dir, base: dict, config: dict):
-        from scaling import train as tr
+    def __init__(self, log: RunLog, pack: list[str]):
         from scaling.checkpoint import Checkpoints
-        self.spec = spec
-        self.path = records.run_dir(out_dir, spec.run_id)
-        self.base = {**base_row(spec), **base}
-        self.schedule = tr.lr_schedule(spec.optim, spec.steps)
-        self.history: list[dict] = []
-        self.calibration: list[dict] = []
-        self.losses_since_eval: list[float] = []
-        self.wall_offset = 0.0
-        self.active = True
+        self.log = log
+        log.write_config(pack=pack)
+        self.ckpt = Checkpoints(log.path / "checkpoints")
         self.result: dict | None = None
-        records.write_json(self.path / "config.json", {
-            "run_id": spec.run_id, "spec": spec.to_dict(), "versions": _versions(), "git_commit": _git_commit(),
-            "host": socket.gethostname(), **config})
-        self.ckpt = Checkpoints(self.path / "checkpoints")
 
     @property
-    def history_path(self) -> Path:
-        return self.path / "history.parquet"
+    def active(self) -> bool:
+        return self.result is None
 
     def restore(self, abstract_state) -> tuple[int, dict | None]:
         """(step, state) from the latest checkpoint, or (0, None) for a fresh start."""
-        from scaling.checkpoint import CheckpointError
         latest = self.ckpt.latest_step()
         if latest is None:
-            if self.history_path.exists() and records.read_rows(self.history_path):
-                raise CheckpointError(f"{self.history_path} has records but {self.ckpt.folder} holds no checkpoint; "
-                                      "delete the run folder to start it over")
+            self.log.check_fresh(self.ckpt.folder)
             return 0, None
         state, host = self.ckpt.restore(latest, abstract_state)
-        self.losses_since_eval = host["losses_since_eval"]
-        if self.history_path.exists():
-            self.history = [r for r in records.read_rows(self.history_path) if r["step"] <= latest]
-        calibration_path = self.path / "calibration.parquet"
-        if calibration_path.exists():
-            self.calibration = [r for r in records.read_rows(calibration_path) if r["step"] <= latest]
-        self.wall_offset = self.history[-1]["wall_seconds"] if self.history else 0.0
+        self.log.resume(latest, host)
         return latest, state
-
-    def row(self, flops_per_token: float, tokens_per_step: int, extra: dict, **values) -> dict:
-        tokens = values["step"] * tokens_per_step
-        return {**self.base, "status": "running", "error": None, "tokens": tokens, "flops": flops_per_token * tokens,
-                "flops_6nd": flops_6nd(self.base["n_params_nonembed"], tokens), "val_bits_per_byte": math.nan,
-                **extra, **values}
-
-    def write(self, status: str, summary_row: dict, error: str | None = None) -> None:
-        records.write_rows(self.history_path, self.history)
-        if self.calibration:
-            records.write_table(self.path / "calibration.parquet", self.calibration)
-        records.write_rows(self.path / "summary.parquet", [{**summary_row, "status": status, "error": error}])
 
 
 def train_pack(specs, out_dir: str | Path, *, on_step: Callable[[dict], None] | None = None, devices=None,
@@ -241,46 +206,23 @@ def train_pack(specs, out_dir: str | Path, *, on_step: Callable[[dict], None] | 
     import jax
     import numpy as np
 
-    from scaling import data as data_mod
-    from scaling import hardware, probes, sampling
     from scaling import sharding as shd
     from scaling import train as tr
     from scaling.checkpoint import CheckpointError
-    from scaling.metrics import reliability_table
 
     t_start = time.perf_counter()
     enable_compilation_cache()
     spec = specs[0]
-    m, t = spec.model, spec.train
     mesh = shd.make_mesh(spec.mesh, devices)
     check_packable(specs, mesh)
-    source = data_mod.open_source(spec.data.source, paths=spec.data.paths, dtype=spec.data.dtype,
-                                  vocab_size=m.vocab_size, val_fraction=spec.data.val_fraction,
-                                  base_dir=spec.data.base_dir, synthetic=spec.data.synthetic, tasks=spec.data.tasks)
-    batcher = data_mod.Batcher(source.train, m.seq_len, spec.batch_size, spec.data.data_seed)
-    data_share, n_shares, local_shards = shd.process_share(mesh)
-    n_val = tr.n_eval_windows(spec, shd.batch_shards(mesh), len(source.val) // m.seq_len)
-    val_windows = data_mod.validation_windows(source.val, m.seq_len, n_val)
-    val_loss_optimal = float(np.mean(source.optimal_nll(val_windows))) if source.optimal_nll else math.nan
     lone = tr.build_program(spec, mesh)
-    probe_set = probes.Probes(spec.data.tasks, m, t.compute_dtype) if spec.data.tasks else None
-    extra = {"val_loss_optimal": val_loss_optimal, **(probe_set.chance_columns() if probe_set else {})}
-    peak = hardware.peak_flops(t.compute_dtype, n_devices=mesh.size)
-    flops_per_token = training_flops_per_token(**dataclasses.asdict(m))
-    tokens_per_step = spec.batch_size * m.seq_len
-    device_kind = jax.devices()[0].device_kind
-    base = {"peak_flops": peak.flops_per_second, "peak_flops_source": peak.source, "device_kind": device_kind,
-            "n_devices": mesh.size, "mesh": f"{spec.mesh.preset}:{shd.describe(mesh)}", "pack_size": len(specs)}
-    config = {"data_content_hash": source.content_hash, "device_kind": device_kind, "n_devices": mesh.size,
-              "process_count": jax.process_count(), "mesh": base["mesh"], "steps": spec.steps,
-              "batch_size": spec.batch_size, "micro_batches": lone.n_micro, "eval_sequences": len(val_windows),
-              "flops_per_token": flops_per_token, "pack": [s.run_id for s in specs]}
+    ctx = RunContext(spec, mesh, lone)  # the members' data, evaluation and accounting: one shape, one data_seed
 
     members: list[_Member] = []
     try:
         states, start = [], None
         for s in specs:
-            mb = _Member(s, out_dir, base, config)
+            mb = _Member(RunLog(s, out_dir, ctx, columns={"pack_size": len(specs)}), [x.run_id for x in specs])
             members.append(mb)
             try:
                 step, state = mb.restore(lone.abstract_state())
@@ -295,40 +237,19 @@ def train_pack(specs, out_dir: str | Path, *, on_step: Callable[[dict], None] | 
         live = [mb for mb in members if mb.result is None]
         if not live:
             return [mb.result for mb in members]
-        program = build_packed_program([mb.spec for mb in live], mesh, lone)
+        program = build_packed_program([mb.log.spec for mb in live], mesh, lone)
         if start:
             params = program.stack([s["params"] for s in states])
             opt_state = program.stack([s["opt_state"] for s in states])
         else:
             params, opt_state = program.init_state()
         step = start
-        row = lambda mb, **values: mb.row(flops_per_token, tokens_per_step, extra, **values)
         for mb in live:
-            if not mb.history:
-                records.write_rows(mb.path / "summary.parquet", [row(mb, step=step, status="running", wall_seconds=0.0)])
+            mb.log.started(step)
 
-        evals = set(tr.eval_steps(spec.steps, t.eval_points))
-        chunk = tr.eval_chunk(spec, shd.batch_shards(mesh))
-        batch_sharding = shd.batch_sharding(mesh)
-        global_shape = (lone.n_micro, spec.batch_size // lone.n_micro, m.seq_len + 1)
         # Per member: its own tokens over the pack's training seconds (evaluation and compile excluded).
-        timed_tokens, timed_seconds = 0, 0.0
-        interval_tokens, interval_seconds = 0, 0.0
-        timed_from = None  # (step, clock) where the current timed stretch began
+        timer = Throughput(ctx.tokens_per_step)
         pending = None  # (step, metrics) dispatched but not yet read
-
-        def wall(mb):
-            return mb.wall_offset + time.perf_counter() - t_start
-
-        def diverge(mb, message):
-            bad = row(mb, step=step, train_loss=math.nan, val_loss=math.nan, val_entropy=math.nan, val_ece=math.nan,
-                      lr=float(mb.schedule(step - 1)), grad_norm=math.nan, wall_seconds=wall(mb),
-                      tokens_per_second=math.nan, mfu=math.nan)
-            mb.history.append(bad)
-            mb.write("diverged", bad, message)
-            mb.ckpt.close()
-            mb.active = False
-            mb.result = {**bad, "status": "diverged", "error": message}
 
         def read(pending_item):
             s, metrics = pending_item
@@ -337,80 +258,55 @@ def train_pack(specs, out_dir: str | Path, *, on_step: Callable[[dict], None] | 
                 if not mb.active:
                     continue
                 if not math.isfinite(losses[i]):
-                    diverge(mb, f"non-finite training loss at step {s}")
+                    # It keeps its slot in the compiled step until the pack ends; its numbers are ignored.
+                    mb.result = mb.log.diverged(step, f"non-finite training loss at step {s}", mb.log.wall(t_start))
+                    mb.ckpt.close()
                     continue
-                mb.losses_since_eval.append(float(losses[i]))
+                mb.log.losses_since_eval.append(float(losses[i]))
                 if on_step:  # every step, whether read while the next one runs or at a sync point
-                    on_step({"run_id": mb.spec.run_id, "step": s, "steps": spec.steps, "tokens": s * tokens_per_step,
-                             "loss": float(losses[i]),
-                             "tokens_per_second": timed_tokens / timed_seconds if timed_seconds else None})
+                    on_step({"run_id": mb.log.spec.run_id, "step": s, "steps": spec.steps,
+                             "tokens": s * ctx.tokens_per_step, "loss": float(losses[i]),
+                             "tokens_per_second": timer.overall()})
             return losses, norms
 
         while step < spec.steps and any(mb.active for mb in live):
             step += 1
-            local = batcher.batch(step - 1, data_share, n_shares)
-            batch = tr.to_global(tr.micro_batches(local, local_shards, lone.n_micro), batch_sharding, global_shape)
-            params, opt_state, metrics = program.train_step(params, opt_state, batch)
+            params, opt_state, metrics = program.train_step(params, opt_state, ctx.batch(step))
             if pending is not None:
                 read(pending)
             pending = (step, metrics)
-            if timed_from is None:  # the first step compiles: time from its end
+            if timer.mark is None:  # the first step compiles: time from its end
                 jax.block_until_ready(metrics)
-                timed_from = (step, time.perf_counter())
-            if not (step in evals or (t.checkpoint_every and step % t.checkpoint_every == 0)):
+                timer.start(step)
+            if not ctx.syncs(step):
                 continue
-            losses, norms = read(pending)
+            _, norms = read(pending)
             pending = None
-            n_tok, dt = (step - timed_from[0]) * tokens_per_step, time.perf_counter() - timed_from[1]
-            if n_tok:
-                timed_tokens, timed_seconds = timed_tokens + n_tok, timed_seconds + dt
-                interval_tokens, interval_seconds = interval_tokens + n_tok, interval_seconds + dt
-            tps = interval_tokens / interval_seconds if interval_seconds else math.nan
+            timer.lap(step)
             for i, mb in enumerate(live):
                 if not mb.active:
                     continue
                 member_params = program.member(params, i)
-                if step in evals:
-                    ev = tr.evaluate(lone, member_params, val_windows, chunk)
-                    r = row(mb, step=step, train_loss=float(np.mean(mb.losses_since_eval)), val_loss=ev["val_loss"],
-                            val_entropy=ev["val_entropy"], val_ece=ev["val_ece"], lr=float(mb.schedule(step - 1)),
-                            grad_norm=float(norms[i]), wall_seconds=wall(mb), tokens_per_second=tps,
-                            mfu=tps * flops_per_token / peak.flops_per_second)
-                    if source.bytes_per_token:
-                        r["val_bits_per_byte"] = ev["val_loss"] / math.log(2) / source.bytes_per_token
-                    if probe_set:
-                        r.update(probe_set.evaluate(member_params))
-                    mb.history.append(r)
-                    mb.calibration.extend({"run_id": mb.spec.run_id, "step": step, "tokens": r["tokens"], **b}
-                                          for b in reliability_table(ev["ece_bins"]))
-                    mb.losses_since_eval.clear()
+                if step in ctx.evals:
+                    values, bins = ctx.evaluate(member_params, float(norms[i]), timer.interval())
+                    mb.log.evaluation(step, {**values, "wall_seconds": mb.log.wall(t_start)}, bins)
                 mb.ckpt.save(step, {"params": member_params, "opt_state": program.member(opt_state, i)},
-                             {"losses_since_eval": mb.losses_since_eval})
-                if step in evals:
-                    mb.write("running", mb.history[-1])
-            if step in evals:
-                interval_tokens, interval_seconds = 0, 0.0
+                             {"losses_since_eval": mb.log.losses_since_eval})
+                if step in ctx.evals:
+                    mb.log.write("running", mb.log.history[-1])
+            if step in ctx.evals:
+                timer.new_interval()
             if halt_at is not None and step >= halt_at:
                 raise Halt(step)
-            timed_from = (step, time.perf_counter())
+            timer.start(step)
         for i, mb in enumerate(live):
             if not mb.active:
                 continue
-            final = dict(mb.history[-1])
-            tps = timed_tokens / timed_seconds if timed_seconds else final["tokens_per_second"]
-            final.update(wall_seconds=wall(mb), tokens_per_second=tps, mfu=tps * flops_per_token / peak.flops_per_second)
-            if mb.spec.sampling:
-                member_params = program.member(params, i)
-                columns, texts = sampling.sample_all(member_params, m, val_windows, mb.spec.sampling, t.compute_dtype)
-                final.update(columns)
-                text = sampling.render(texts, mb.spec.sampling, as_bytes=source.bytes_per_token == 1.0)
-                records.write_text(mb.path / "samples.txt", text)
-            mb.write("complete", final)
-            if not t.keep_checkpoints:
+            mb.result = mb.log.complete(program.member(params, i), mb.log.wall(t_start), timer.overall())
+            if not spec.train.keep_checkpoints:
                 mb.ckpt.delete_all()
             else:
                 mb.ckpt.close()
-            mb.result = {**final, "status": "complete"}
         return [mb.result for mb in members]
     finally:
         for mb in members:

@@ -98,6 +98,219 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+class RunContext:
+    """What the runs of one shape on one mesh share, whether trained alone or packed: the data and
+    its batches, the evaluation windows and probes, the FLOP accounting, and the record columns
+    that the hardware sets."""
+
+    def __init__(self, spec: RunSpec, mesh, program):
+        import jax
+        import numpy as np
+
+        from scaling import data as data_mod
+        from scaling import hardware, probes
+        from scaling import sharding as shd
+        from scaling import train as tr
+
+        m, t = spec.model, spec.train
+        self.spec, self.program = spec, program
+        self.source = data_mod.open_source(spec.data.source, paths=spec.data.paths, dtype=spec.data.dtype,
+                                           vocab_size=m.vocab_size, val_fraction=spec.data.val_fraction,
+                                           base_dir=spec.data.base_dir, synthetic=spec.data.synthetic,
+                                           tasks=spec.data.tasks)
+        self.batcher = data_mod.Batcher(self.source.train, m.seq_len, spec.batch_size, spec.data.data_seed)
+        # This process loads share `data_share` of `n_shares` of every batch's rows (multi-host: only its own).
+        self.data_share, self.n_shares, self.local_shards = shd.process_share(mesh)
+        n_val = tr.n_eval_windows(spec, shd.batch_shards(mesh), len(self.source.val) // m.seq_len)
+        self.val_windows = data_mod.validation_windows(self.source.val, m.seq_len, n_val)
+        self.chunk = tr.eval_chunk(spec, shd.batch_shards(mesh))
+        self.evals = set(tr.eval_steps(spec.steps, t.eval_points))
+        self.probes = probes.Probes(spec.data.tasks, m, t.compute_dtype) if spec.data.tasks else None
+        # A source with a known distribution: its exact optimal loss on exactly these windows.
+        optimal = float(np.mean(self.source.optimal_nll(self.val_windows))) if self.source.optimal_nll else math.nan
+        self.extra = {"val_loss_optimal": optimal, **(self.probes.chance_columns() if self.probes else {})}
+        self.peak = hardware.peak_flops(t.compute_dtype, n_devices=mesh.size)
+        self.flops_per_token = training_flops_per_token(**dataclasses.asdict(m))
+        self.tokens_per_step = spec.batch_size * m.seq_len
+        self.batch_sharding = shd.batch_sharding(mesh)
+        self.global_shape = (program.n_micro, spec.batch_size // program.n_micro, m.seq_len + 1)
+        device_kind = jax.devices()[0].device_kind
+        self.columns = {"peak_flops": self.peak.flops_per_second, "peak_flops_source": self.peak.source,
+                        "device_kind": device_kind, "n_devices": mesh.size,
+                        "mesh": f"{spec.mesh.preset}:{shd.describe(mesh)}"}
+        self.config = {"data_content_hash": self.source.content_hash, "device_kind": device_kind,
+                       "n_devices": mesh.size, "process_count": jax.process_count(), "mesh": self.columns["mesh"],
+                       "steps": spec.steps, "batch_size": spec.batch_size, "micro_batches": program.n_micro,
+                       "eval_sequences": len(self.val_windows), "flops_per_token": self.flops_per_token}
+
+    def batch(self, step: int):
+        """The global batch of update `step` (1-based), from this process's rows of it."""
+        from scaling import train as tr
+        local = self.batcher.batch(step - 1, self.data_share, self.n_shares)
+        micro = tr.micro_batches(local, self.local_shards, self.program.n_micro)
+        return tr.to_global(micro, self.batch_sharding, self.global_shape)
+
+    def syncs(self, step: int) -> bool:
+        """Whether the run stops after `step` to evaluate or checkpoint."""
+        every = self.spec.train.checkpoint_every
+        return step in self.evals or bool(every and step % every == 0)
+
+    def mfu(self, tokens_per_second: float) -> float:
+        return tokens_per_second * self.flops_per_token / self.peak.flops_per_second
+
+    def evaluate(self, params, grad_norm: float, tokens_per_second: float) -> tuple[dict, list]:
+        """The evaluation columns of `params` and their calibration bins."""
+        from scaling import train as tr
+        ev = tr.evaluate(self.program, params, self.val_windows, self.chunk)
+        values = dict(val_loss=ev["val_loss"], val_entropy=ev["val_entropy"], val_ece=ev["val_ece"],
+                      grad_norm=grad_norm, tokens_per_second=tokens_per_second, mfu=self.mfu(tokens_per_second))
+        if self.source.bytes_per_token:
+            values["val_bits_per_byte"] = ev["val_loss"] / math.log(2) / self.source.bytes_per_token
+        if self.probes:
+            values.update(self.probes.evaluate(params))
+        return values, ev["ece_bins"]
+
+
+class Throughput:
+    """Training tokens per second, compile and evaluation left out: timed from the end of the first
+    (compiling) step, in stretches between the steps where the run stops to evaluate or save."""
+
+    def __init__(self, tokens_per_step: int):
+        self.tokens_per_step = tokens_per_step
+        self.mark: tuple[int, float] | None = None  # (step, clock) where the current stretch began
+        self.tokens, self.seconds = 0, 0.0  # the whole run
+        self.interval_tokens, self.interval_seconds = 0, 0.0  # since the last evaluation
+
+    def start(self, step: int) -> None:
+        """From the end of `step` on (call after it has finished)."""
+        self.mark = (step, time.perf_counter())
+
+    def lap(self, step: int) -> None:
+        """The stretch up to the end of `step` (finished) counts."""
+        n_tok = (step - self.mark[0]) * self.tokens_per_step
+        if n_tok:
+            dt = time.perf_counter() - self.mark[1]
+            self.tokens, self.seconds = self.tokens + n_tok, self.seconds + dt
+            self.interval_tokens, self.interval_seconds = self.interval_tokens + n_tok, self.interval_seconds + dt
+
+    def overall(self) -> float | None:
+        return self.tokens / self.seconds if self.seconds else None
+
+    def interval(self) -> float:
+        return self.interval_tokens / self.interval_seconds if self.interval_seconds else math.nan
+
+    def new_interval(self) -> None:
+        self.interval_tokens, self.interval_seconds = 0, 0.0
+
+
+class RunLog:
+    """One run's records as they grow, as its folder holds them: history rows (one per
+    evaluation), calibration bins, and the training losses since the last evaluation. Only the
+    process that writes records (`writer`) touches the folder."""
+
+    def __init__(self, spec: RunSpec, out_dir: str | Path, ctx: RunContext, *, writer: bool = True,
+                 columns: dict | None = None):
+        from scaling import train as tr
+        self.spec, self.ctx, self.writer = spec, ctx, writer
+        self.path = records.run_dir(out_dir, spec.run_id)
+        self.base = {**base_row(spec), **ctx.columns, **(columns or {})}
+        self.schedule = tr.lr_schedule(spec.optim, spec.steps)
+        self.history: list[dict] = []
+        self.calibration: list[dict] = []  # the reliability table of every evaluation (15 confidence bins)
+        self.losses_since_eval: list[float] = []
+        self.wall_offset = 0.0  # wall seconds of the run before this process took it up
+
+    @property
+    def history_path(self) -> Path:
+        return self.path / "history.parquet"
+
+    @property
+    def calibration_path(self) -> Path:
+        return self.path / "calibration.parquet"
+
+    def write_config(self, **more) -> None:
+        if self.writer:
+            records.write_json(self.path / "config.json", {
+                "run_id": self.spec.run_id, "spec": self.spec.to_dict(), "versions": _versions(),
+                "git_commit": _git_commit(), "host": socket.gethostname(), **self.ctx.config, **more})
+
+    def check_fresh(self, folder) -> None:
+        """A run without a checkpoint must not have records either (they could not be continued)."""
+        from scaling.checkpoint import CheckpointError
+        if self.history_path.exists() and records.read_rows(self.history_path):
+            raise CheckpointError(f"{self.history_path} has records but {folder} holds no checkpoint; "
+                                  "delete the run folder to start it over")
+
+    def resume(self, step: int, host: dict) -> None:
+        """The records up to checkpoint `step` (later rows are recomputed identically)."""
+        self.losses_since_eval = host["losses_since_eval"]
+        if self.history_path.exists():
+            self.history = [r for r in records.read_rows(self.history_path) if r["step"] <= step]
+        if self.calibration_path.exists():
+            self.calibration = [r for r in records.read_rows(self.calibration_path) if r["step"] <= step]
+        self.wall_offset = self.history[-1]["wall_seconds"] if self.history else 0.0
+
+    def wall(self, t_start: float) -> float:
+        return self.wall_offset + time.perf_counter() - t_start
+
+    def row(self, over: dict | None = None, **values) -> dict:
+        tokens = values["step"] * self.ctx.tokens_per_step
+        return {**self.base, **(over or {}), "status": "running", "error": None, "tokens": tokens,
+                "flops": self.ctx.flops_per_token * tokens,
+                "flops_6nd": flops_6nd(self.base["n_params_nonembed"], tokens), "val_bits_per_byte": math.nan,
+                **self.ctx.extra, **values}
+
+    def evaluation(self, step: int, values: dict, bins) -> dict:
+        """A history row (and its calibration bins) for the evaluation after `step` updates."""
+        from scaling.metrics import reliability_table
+        import numpy as np
+        r = self.row(step=step, train_loss=float(np.mean(self.losses_since_eval)), lr=float(self.schedule(step - 1)),
+                     **values)
+        self.history.append(r)
+        self.calibration.extend({"run_id": self.spec.run_id, "step": step, "tokens": r["tokens"], **b}
+                                for b in reliability_table(bins))
+        self.losses_since_eval.clear()
+        return r
+
+    def write(self, status: str, summary_row: dict, error: str | None = None) -> None:
+        if self.writer:
+            records.write_rows(self.history_path, self.history)
+            if self.calibration:
+                records.write_table(self.calibration_path, self.calibration)
+            records.write_rows(self.path / "summary.parquet", [{**summary_row, "status": status, "error": error}])
+
+    def started(self, step: int) -> None:
+        """The summary says `running` from the start (a resumed run's says so already)."""
+        if self.writer and not self.history:
+            records.write_rows(self.path / "summary.parquet", [self.row(step=step, status="running", wall_seconds=0.0)])
+
+    def diverged(self, step: int, message: str, wall: float) -> dict:
+        bad = self.row(step=step, train_loss=math.nan, val_loss=math.nan, val_entropy=math.nan, val_ece=math.nan,
+                       lr=float(self.schedule(step - 1)), grad_norm=math.nan, wall_seconds=wall,
+                       tokens_per_second=math.nan, mfu=math.nan)
+        self.history.append(bad)
+        self.write("diverged", bad, message)
+        return {**bad, "status": "diverged", "error": message}
+
+    def complete(self, params, wall: float, tokens_per_second: float | None) -> dict:
+        """The summary of the finished run (its last evaluation, the whole run's throughput, the
+        samples' columns) written with status `complete`."""
+        from scaling import sampling
+        ctx, m = self.ctx, self.spec.model
+        final = dict(self.history[-1])
+        tps = tokens_per_second or final["tokens_per_second"]
+        final.update(wall_seconds=wall, tokens_per_second=tps, mfu=ctx.mfu(tps))
+        if self.spec.sampling:
+            columns, texts = sampling.sample_all(params, m, ctx.val_windows, self.spec.sampling,
+                                                 self.spec.train.compute_dtype)
+            final.update(columns)
+            if self.writer:
+                text = sampling.render(texts, self.spec.sampling, as_bytes=ctx.source.bytes_per_token == 1.0)
+                records.write_text(self.path / "samples.txt", text)
+        self.write("complete", final)
+        return {**final, "status": "complete"}
+
+
 def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], None] | None = None,
               devices=None, halt_at: int | None = None, plan: branching.Plan | None = None) -> dict:
     """Train `spec` (resuming from its checkpoint if one exists) and write its records.
@@ -110,166 +323,89 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
     (the caller records them as `failed`).
     """
     import jax
-    import numpy as np
 
-    from scaling import data as data_mod
-    from scaling import hardware, probes, sampling
-    from scaling.metrics import reliability_table
     from scaling import sharding as shd
     from scaling import train as tr
-    from scaling.checkpoint import CheckpointError, Checkpoints
+    from scaling.checkpoint import Checkpoints
 
     t_start = time.perf_counter()
     enable_compilation_cache()
-    path = records.run_dir(out_dir, spec.run_id)
-    writer = jax.process_index() == 0
-    m, t = spec.model, spec.train
-    source = data_mod.open_source(spec.data.source, paths=spec.data.paths, dtype=spec.data.dtype,
-                                  vocab_size=m.vocab_size, val_fraction=spec.data.val_fraction,
-                                  base_dir=spec.data.base_dir, synthetic=spec.data.synthetic, tasks=spec.data.tasks)
-    batcher = data_mod.Batcher(source.train, m.seq_len, spec.batch_size, spec.data.data_seed)
     mesh = shd.make_mesh(spec.mesh, devices)
-    n_dev = mesh.size
-    # This process loads share `data_share` of `n_shares` of every batch's rows (multi-host: only its own).
-    data_share, n_shares, local_shards = shd.process_share(mesh)
-    n_val = tr.n_eval_windows(spec, shd.batch_shards(mesh), len(source.val) // m.seq_len)
-    val_windows = data_mod.validation_windows(source.val, m.seq_len, n_val)
-    # A source with a known distribution: its exact optimal loss on exactly these windows.
-    val_loss_optimal = float(np.mean(source.optimal_nll(val_windows))) if source.optimal_nll else math.nan
     program = tr.build_program(spec, mesh)
-    probe_set = probes.Probes(spec.data.tasks, m, t.compute_dtype) if spec.data.tasks else None
-    chance = probe_set.chance_columns() if probe_set else {}
-    peak = hardware.peak_flops(t.compute_dtype, n_devices=n_dev)
-    flops_per_token = training_flops_per_token(**dataclasses.asdict(m))
-    tokens_per_step = spec.batch_size * m.seq_len
-    schedule = tr.lr_schedule(spec.optim, spec.steps)
-    device_kind = jax.devices()[0].device_kind
-
-    base = {**base_row(spec), "peak_flops": peak.flops_per_second, "peak_flops_source": peak.source,
-            "device_kind": device_kind, "n_devices": n_dev, "mesh": f"{spec.mesh.preset}:{shd.describe(mesh)}"}
-    if writer:
-        records.write_json(path / "config.json", {
-            "run_id": spec.run_id, "spec": spec.to_dict(), "versions": _versions(), "git_commit": _git_commit(),
-            "host": socket.gethostname(), "data_content_hash": source.content_hash, "device_kind": device_kind,
-            "n_devices": n_dev, "process_count": jax.process_count(), "mesh": base["mesh"],
-            "steps": spec.steps, "batch_size": spec.batch_size, "micro_batches": program.n_micro,
-            "eval_sequences": len(val_windows), "flops_per_token": flops_per_token,
-        })
-
-    ckpt = Checkpoints(path / "checkpoints")
-    history: list[dict] = []
-    history_path = path / "history.parquet"
-    calibration: list[dict] = []  # the reliability table of every evaluation (15 confidence bins)
-    calibration_path = path / "calibration.parquet"
+    ctx = RunContext(spec, mesh, program)
     single = jax.process_count() == 1
+    log = RunLog(spec, out_dir, ctx, writer=jax.process_index() == 0)
+    log.write_config()
+
+    ckpt = Checkpoints(log.path / "checkpoints")
     branch = plan.branches.get(spec.run_id) if plan and single else None
     latest = ckpt.latest_step()
     seed = branching.open_seed(out_dir, branch) if latest is None and branch is not None else None
-    wall_offset = 0.0
     host: dict = {}
     if seed is not None:  # a branch adopts the state its trunk had at the branch point
         seed_ckpt = Checkpoints(seed.folder / "checkpoints")
         state, host = seed_ckpt.restore(seed.step, program.abstract_state())
         seed_ckpt.close()
         params, opt_state, step = state["params"], state["opt_state"], seed.step
-        losses_since_eval = host["losses_since_eval"]
-        history, calibration = seed.history, seed.calibration
-        wall_offset = history[-1]["wall_seconds"] if history else 0.0
-        if writer:
-            records.write_json(path / "branch.json", seed.info)
+        log.losses_since_eval = host["losses_since_eval"]
+        log.history, log.calibration = seed.history, seed.calibration
+        log.wall_offset = log.history[-1]["wall_seconds"] if log.history else 0.0
+        if log.writer:
+            records.write_json(log.path / "branch.json", seed.info)
     elif latest is not None:
         state, host = ckpt.restore(latest, program.abstract_state())
         params, opt_state, step = state["params"], state["opt_state"], latest
-        losses_since_eval = host["losses_since_eval"]
-        if history_path.exists():
-            history = [r for r in records.read_rows(history_path) if r["step"] <= latest]
-        if calibration_path.exists():
-            calibration = [r for r in records.read_rows(calibration_path) if r["step"] <= latest]
-        wall_offset = history[-1]["wall_seconds"] if history else 0.0
+        log.resume(latest, host)
     else:
-        if history_path.exists() and records.read_rows(history_path):
-            raise CheckpointError(f"{history_path} has records but {ckpt.folder} holds no checkpoint; "
-                                  "delete the run folder to start it over")
+        log.check_fresh(ckpt.folder)
         params = program.init_params()
         opt_state = program.init_opt_state(params)
         step = 0
-        losses_since_eval = []
-    if (path / "branch.json").exists():  # this run left its trunk at branch_step (its records say so)
-        base.update(json.loads((path / "branch.json").read_text()))
-    branches = plan.of_trunk(spec.run_id) if plan and single and writer else []
-    seeder = branching.Seeder(out_dir, spec, branches, latest, host) if branches else None
+    if (log.path / "branch.json").exists():  # this run left its trunk at branch_step (its records say so)
+        log.base.update(json.loads((log.path / "branch.json").read_text()))
+    branches = plan.of_trunk(spec.run_id) if plan and single and log.writer else []
+    seeder = branching.Seeder(out_dir, spec, branches, latest, host, ctx) if branches else None
     if seeder is not None and not seeder.active:
         seeder = None
 
-    def row(over: dict | None = None, **values) -> dict:
-        tokens = values["step"] * tokens_per_step
-        return {**base, **(over or {}), "status": "running", "error": None, "tokens": tokens,
-                "flops": flops_per_token * tokens,
-                "flops_6nd": flops_6nd(base["n_params_nonembed"], tokens), "val_bits_per_byte": math.nan,
-                "val_loss_optimal": val_loss_optimal, **chance, **values}
+    if seed is not None and log.history:
+        log.write("running", log.history[-1])
+    else:
+        log.started(step)
 
-    def write(status: str, summary_row: dict, error: str | None = None):
-        if writer:
-            records.write_rows(history_path, history)
-            if calibration:
-                records.write_table(calibration_path, calibration)
-            records.write_rows(path / "summary.parquet", [{**summary_row, "status": status, "error": error}])
-
-    if writer and not history:
-        records.write_rows(path / "summary.parquet", [row(step=step, status="running", wall_seconds=0.0)])
-    elif writer and seed is not None:
-        write("running", history[-1])
-
-    evals = set(tr.eval_steps(spec.steps, t.eval_points))
-    chunk = tr.eval_chunk(spec, shd.batch_shards(mesh))
-    batch_sharding = shd.batch_sharding(mesh)
-    global_shape = (program.n_micro, spec.batch_size // program.n_micro, m.seq_len + 1)
-
-    timed_tokens, timed_seconds = 0, 0.0  # whole run, compile step excluded
-    interval_tokens, interval_seconds = 0, 0.0
+    timer = Throughput(ctx.tokens_per_step)
     pending = None  # (step, metrics) dispatched but not yet read
-    clock = None
-    first_step = True
 
     def read(pending_item):
         s, metrics = pending_item
         loss = float(metrics["loss"])
         if not math.isfinite(loss):
             raise tr.Diverged(f"non-finite training loss at step {s}")
-        losses_since_eval.append(loss)
+        log.losses_since_eval.append(loss)
         if seeder is not None:
             seeder.on_loss(loss)
         if on_step:  # every step, whether read while the next one runs or at a sync point
-            on_step({"step": s, "steps": spec.steps, "tokens": s * tokens_per_step, "loss": loss,
-                     "tokens_per_second": timed_tokens / timed_seconds if timed_seconds else None})
+            on_step({"step": s, "steps": spec.steps, "tokens": s * ctx.tokens_per_step, "loss": loss,
+                     "tokens_per_second": timer.overall()})
         return loss, float(metrics["grad_norm"])
 
     measured: dict = {}
 
-    def measure(at: int, params, grad_norm: float) -> tuple[dict, dict]:
+    def measure(at: int, params, grad_norm: float) -> tuple[dict, list]:
         """Evaluation columns of the state after `at` updates, and its calibration bins: computed once,
         shared by this run's row and its branches' rows at the same step."""
         if at not in measured:
-            ev = tr.evaluate(program, params, val_windows, chunk)
-            tps = interval_tokens / interval_seconds if interval_seconds else math.nan
-            values = dict(val_loss=ev["val_loss"], val_entropy=ev["val_entropy"], val_ece=ev["val_ece"],
-                          grad_norm=grad_norm, wall_seconds=wall_offset + time.perf_counter() - t_start,
-                          tokens_per_second=tps, mfu=tps * flops_per_token / peak.flops_per_second)
-            if source.bytes_per_token:
-                values["val_bits_per_byte"] = ev["val_loss"] / math.log(2) / source.bytes_per_token
-            if probe_set:
-                values.update(probe_set.evaluate(params))
+            values, bins = ctx.evaluate(params, grad_norm, timer.interval())
             measured.clear()
-            measured[at] = (values, ev["ece_bins"])
+            measured[at] = ({**values, "wall_seconds": log.wall(t_start)}, bins)
         return measured[at]
 
     def save(at: int) -> None:
         if seeder is not None:
             seeder.save_pending()
         ckpt.save(at, {"params": params, "opt_state": opt_state},
-                  {"losses_since_eval": losses_since_eval, **(seeder.host_state() if seeder else {})})
+                  {"losses_since_eval": log.losses_since_eval, **(seeder.host_state() if seeder else {})})
 
-    last = {"step": step, "wall_seconds": wall_offset}
     try:
         # One process stops between steps when its job is being preempted (scaling/preemption.py);
         # several would first have to agree on the step, so theirs stop where submitit stops them.
@@ -283,83 +419,48 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
                         save(step)
                     raise preemption.Preempted(step)
                 step += 1
-                local = batcher.batch(step - 1, data_share, n_shares)
-                micro = tr.micro_batches(local, local_shards, program.n_micro)
-                batch = tr.to_global(micro, batch_sharding, global_shape)
-                params, opt_state, metrics = program.train_step(params, opt_state, batch)
+                params, opt_state, metrics = program.train_step(params, opt_state, ctx.batch(step))
                 if pending is not None:
                     read(pending)
                 pending = (step, metrics)
-                if first_step:
+                if timer.mark is None:  # the first step compiles: time from its end
                     jax.block_until_ready(metrics)
-                    first_step, clock = False, time.perf_counter()
-                    if (step not in evals and step != spec.steps and step % max(t.checkpoint_every, 1) != 0
-                            and not (seeder and seeder.needs(step))):
-                        continue
-                own_sync = step in evals or (t.checkpoint_every and step % t.checkpoint_every == 0)
-                if own_sync or (seeder and seeder.needs(step)):
-                    loss, grad_norm = read(pending)
-                    pending = None
-                    now = time.perf_counter()
-                    if clock is not None:
-                        dt = now - clock
-                        n_tok = (step - last["step_timed"]) * tokens_per_step if "step_timed" in last else 0
-                        timed_tokens += n_tok
-                        timed_seconds += dt if n_tok else 0.0
-                        interval_tokens += n_tok
-                        interval_seconds += dt if n_tok else 0.0
-                    if step in evals:
-                        values, bins = measure(step, params, grad_norm)
-                        r = row(step=step, train_loss=float(np.mean(losses_since_eval)), lr=float(schedule(step - 1)),
-                                **values)
-                        history.append(r)
-                        calibration.extend({"run_id": spec.run_id, "step": step, "tokens": r["tokens"], **b}
-                                           for b in reliability_table(bins))
-                        losses_since_eval.clear()
-                    if seeder is not None:
-                        seeder.at_step(step, lambda at: measure(at, params, grad_norm), row,
-                                       {"params": params, "opt_state": opt_state})
-                    if step in evals:
-                        interval_tokens, interval_seconds = 0, 0.0
-                    if own_sync:
-                        save(step)
-                        if step in evals:
-                            write("running", history[-1])
-                        if halt_at is not None and step >= halt_at:
-                            raise Halt(step)
-                    clock = time.perf_counter()
-                    last["step_timed"] = step
-                elif clock is not None and "step_timed" not in last:
-                    last["step_timed"] = step - 1
-        final = dict(history[-1])
-        tps = timed_tokens / timed_seconds if timed_seconds else final["tokens_per_second"]
-        final.update(wall_seconds=wall_offset + time.perf_counter() - t_start, tokens_per_second=tps,
-                     mfu=tps * flops_per_token / peak.flops_per_second)
-        if spec.sampling:
-            columns, texts = sampling.sample_all(params, m, val_windows, spec.sampling, t.compute_dtype)
-            final.update(columns)
-            if writer:
-                text = sampling.render(texts, spec.sampling, as_bytes=source.bytes_per_token == 1.0)
-                records.write_text(path / "samples.txt", text)
-        write("complete", final)
-        if branch is not None and not t.keep_checkpoints:
+                    timer.start(step)
+                own_sync = ctx.syncs(step)
+                if not (own_sync or (seeder and seeder.needs(step))):
+                    continue
+                _, grad_norm = read(pending)
+                pending = None
+                timer.lap(step)
+                if step in ctx.evals:
+                    log.evaluation(step, *measure(step, params, grad_norm))
+                if seeder is not None:
+                    seeder.at_step(step, lambda at: measure(at, params, grad_norm),
+                                   {"params": params, "opt_state": opt_state})
+                if step in ctx.evals:
+                    timer.new_interval()
+                if own_sync:
+                    save(step)
+                    if step in ctx.evals:
+                        log.write("running", log.history[-1])
+                    if halt_at is not None and step >= halt_at:
+                        raise Halt(step)
+                timer.start(step)
+        result = log.complete(params, log.wall(t_start), timer.overall())
+        if branch is not None and not spec.train.keep_checkpoints:
             branching.remove_seed(out_dir, branch)
-        if not t.keep_checkpoints:
+        if not spec.train.keep_checkpoints:
             ckpt.delete_all()
         else:
             ckpt.close()
-        return {**final, "status": "complete"}
+        return result
     except preemption.Preempted:
         ckpt.close()
         raise
     except tr.Diverged as e:
-        bad = row(step=step, train_loss=math.nan, val_loss=math.nan, val_entropy=math.nan, val_ece=math.nan,
-                  lr=float(schedule(step - 1)), grad_norm=math.nan,
-                  wall_seconds=wall_offset + time.perf_counter() - t_start, tokens_per_second=math.nan, mfu=math.nan)
-        history.append(bad)
-        write("diverged", bad, str(e))
+        result = log.diverged(step, str(e), log.wall(t_start))
         ckpt.close()
-        return {**bad, "status": "diverged", "error": str(e)}
+        return result
 
 
 def run_and_record(spec: RunSpec, out_dir: str | Path, **kwargs) -> dict:

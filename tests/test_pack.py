@@ -95,6 +95,22 @@ def test_packed_runs_write_the_records_of_lone_runs(lone, tmp_path):
     assert len(set(finals)) == 4
 
 
+def test_a_member_that_diverges_is_recorded_as_alone_and_the_others_go_on(lone, tmp_path):
+    specs, lone_out = lone
+    r = dataclasses.replace
+    bad = r(specs[0], optim=r(specs[0].optim, lr=1e30))  # parameters overflow: the loss turns non-finite
+    alone = train_run(bad, tmp_path / "alone")
+    assert alone["status"] == "diverged"
+    results = train_pack([specs[0], bad, specs[1]], tmp_path / "out")
+    assert [x["status"] for x in results] == ["complete", "diverged", "complete"]
+    assert (results[1]["error"], results[1]["step"]) == (alone["error"], alone["step"])
+    summary = pq.read_table(records.run_dir(tmp_path / "out", bad.run_id) / "summary.parquet").to_pylist()[0]
+    assert summary["status"] == "diverged" and summary["error"] == alone["error"]
+    assert list(history(tmp_path / "out", bad)["step"]) == list(history(tmp_path / "alone", bad)["step"])
+    for spec in (specs[0], specs[1]):
+        assert_same_losses(tmp_path / "out", lone_out, spec)
+
+
 PACK_ON_TWO_DEVICES = """
 import dataclasses, sys
 import jax
