@@ -5,7 +5,9 @@
 - the checkpoint those two processes wrote (each its half of the fsdp shards) restores in one
   process on two devices;
 - a run stopped on a 4-device mesh resumes on a 2-device mesh from exactly the saved parameters and
-  ends where the uninterrupted 4-device run ends.
+  ends where the uninterrupted 4-device run ends;
+- two processes stopped by a job's stop signal (SIGUSR2) that arrives during a checkpoint write
+  finish the write before they exit, and the run resumes from it.
 
 Every subprocess has a hard timeout; the module's processes run once (a module fixture).
 """
@@ -196,3 +198,81 @@ def test_a_run_stopped_on_four_devices_resumes_on_two(runs):
     assert two["same_params"]  # bitwise: resharding moves bytes, it does not round them
     assert two["resumed_status"] == "complete"
     assert abs(two["resumed_val_loss"] - four["val_loss"]) <= TOL
+
+
+# One of two processes of a run, under the stop signal's deferral as a SLURM task runs
+# (scaling/slurm.py), with a stand-in for submitit's handler that exits with its requeue code. The
+# signal comes while the step-10 checkpoint is being written: the write must finish first.
+PREEMPTED_PROCESS = """
+    import json, os, signal, sys
+    from scaling import distributed
+    distributed.initialize("on", coordinator=sys.argv[3], num_processes=2, process_id=int(sys.argv[4]))
+    import jax
+    from scaling import preemption
+    from scaling.run import train_run
+    from scaling.sweep import load_sweep
+    import orbax.checkpoint as ocp
+    written = []  # the steps whose orbax write has finished
+    orbax_save, orbax_wait = ocp.CheckpointManager.save, ocp.CheckpointManager.wait_until_finished
+
+    def save(self, step, *args, **kwargs):
+        if step == 10:
+            os.kill(os.getpid(), signal.SIGUSR2)  # arrives as orbax starts writing step 10
+        self._scaling_step = step
+        return orbax_save(self, step, *args, **kwargs)
+
+    def wait_until_finished(self):
+        orbax_wait(self)
+        if getattr(self, "_scaling_step", None) is not None:
+            written.append(self._scaling_step)
+            self._scaling_step = None
+
+    def requeue(signum, frame):  # submitit's handler requeues the job and exits with this code
+        print(json.dumps({"written": written}), flush=True)
+        os._exit(144)
+
+    ocp.CheckpointManager.save, ocp.CheckpointManager.wait_until_finished = save, wait_until_finished
+    signal.signal(signal.SIGUSR2, requeue)
+    spec = load_sweep(sys.argv[1], device_count=jax.device_count()).runs[0]
+    with preemption.deferred():
+        train_run(spec, sys.argv[2])
+    print(json.dumps({"written": written, "not stopped": True}), flush=True)
+"""
+
+
+def _two_processes(code: str, sweep: Path, out: Path, cwd: Path, run_id: str | None = None) -> list:
+    port = _free_port()
+    if run_id is None:
+        argv = lambda i: [sys.executable, "-c", textwrap.dedent(code), str(sweep), str(out), f"127.0.0.1:{port}", str(i)]
+    else:
+        argv = lambda i: [sys.executable, "-m", "scaling", "run", str(sweep), "--run-id", run_id,
+                          "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)]
+    procs = [subprocess.Popen(argv(i), cwd=cwd, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for i in range(2)]
+    try:
+        return [(p.wait(timeout=TIMEOUT), p.stdout.read()) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+
+
+def test_a_preempted_run_of_two_processes_stops_after_its_checkpoint_write_and_resumes(runs, tmp_path):
+    """Several processes cannot stop at one chosen step without agreeing on it, so theirs stop when
+    the signal comes, but never inside a checkpoint write; the run resumes from that checkpoint and
+    ends where the uninterrupted run ends."""
+    spec = runs["spec"]
+    sweep = _sweep(tmp_path / "sweep", False)
+    out = tmp_path / "sweep" / "out"
+    stopped = _two_processes(PREEMPTED_PROCESS, sweep, out, tmp_path)
+    for code, output in stopped:
+        assert code == 144, output[-3000:]
+        report = json.loads(output.strip().splitlines()[-1])
+        assert report["written"][-1] == 10 and "not stopped" not in report, "the step-10 write finished, then it stopped"
+    run = records.run_dir(out, spec.run_id)
+    assert records.read_status(run) == "running"
+    assert max(_history(out, spec.run_id)["step"]) <= 10
+    resumed = _two_processes(None, sweep, out, tmp_path, run_id=spec.run_id)
+    assert [code for code, _ in resumed] == [0, 0], "\n\n".join(o[-3000:] for _, o in resumed)
+    one, two = _history(runs["single"], spec.run_id), _history(out, spec.run_id)
+    assert list(one["step"]) == list(two["step"])
+    assert (one["val_loss"] - two["val_loss"]).abs().max() <= TOL
