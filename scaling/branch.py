@@ -189,7 +189,7 @@ class Seeder:
     def __init__(self, out_dir, trunk: RunSpec, branches: list[Branch], restored_step: int | None, host: dict,
                  ctx):
         """`ctx`: the trunk's run.RunContext (a branch has the trunk's shape, data and mesh)."""
-        from scaling.run import RunLog
+        from scaling.run import RunLog, rows_until
         from scaling.train import eval_steps
         self.out_dir, self.trunk = out_dir, trunk
         tracked = host.get("branch_losses", {})
@@ -201,13 +201,8 @@ class Seeder:
                     or records.read_status(own) in ("complete", "diverged")):
                 continue
             log = RunLog(b.spec, out_dir, ctx, columns={"branched_from": trunk.run_id, "branch_step": b.step})
-            log.losses_since_eval = list(tracked.get(b.spec.run_id, []))
-            pending = _pending_dir(out_dir, b)
-            if restored_step and (pending / "history.parquet").exists():
-                log.history = [r for r in records.read_rows(pending / "history.parquet") if r["step"] <= restored_step]
-                if (pending / "calibration.parquet").exists():
-                    log.calibration = [r for r in records.read_rows(pending / "calibration.parquet")
-                                       if r["step"] <= restored_step]
+            if restored_step:  # the rows written before the trunk's checkpoint (save_pending)
+                log.resume(tracked[b.spec.run_id], *rows_until(_pending_dir(out_dir, b), restored_step))
             self.active.append(_Track(b, {s for s in eval_steps(b.spec.steps, b.spec.train.eval_points) if s <= b.step},
                                       log))
 

@@ -54,6 +54,13 @@ class Checkpoints:
     def close(self) -> None:
         self.manager.close()
 
+    def finish(self, keep: bool) -> None:
+        """A finished run's checkpoints: closed and kept (`[train] keep_checkpoints`), or deleted."""
+        if keep:
+            self.close()
+        else:
+            self.delete_all()
+
     def delete_all(self) -> None:
         """Multi-host: every process closes its manager, then process 0 alone deletes the folder."""
         import jax

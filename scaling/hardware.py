@@ -299,8 +299,8 @@ def _measure_matmul_peak(dtype: str, sizes: tuple[int, ...] | None = None) -> Pe
 
     Each size (`sizes`, default _PROBE_SIZES) is compiled and run once (warm-up), then timed up to
     _PROBE_REPEATS times with block_until_ready; the best time of each size gives its rate and the
-    best rate wins. Best,
-    not mean: the peak is what the hardware can do, and noise only ever slows a run down.
+    best rate wins. Best, not mean: the peak is what the hardware can do, and noise only ever slows
+    a run down.
     """
     kind = "cpu" if _platform() == "cpu" else "accelerator"
     chain = _PROBE_CHAIN[kind]

@@ -37,7 +37,8 @@ from typing import Callable
 
 from scaling import records
 from scaling.config import RunSpec
-from scaling.run import Halt, RunContext, RunLog, Throughput, enable_compilation_cache, record_error, train_run
+from scaling.run import (Halt, RunContext, RunLog, Throughput, enable_compilation_cache, record_error, rows_until,
+                         train_run)
 
 HYPER = ("lr", "weight_decay", "label_smoothing", "entropy_coef")
 PACK_PRESET = "dp"  # the mesh preset a pack may split its batch over (parameters replicated)
@@ -191,7 +192,7 @@ class _Member:
             self.log.check_fresh(self.ckpt.folder)
             return 0, None
         state, host = self.ckpt.restore(latest, abstract_state)
-        self.log.resume(latest, host)
+        self.log.resume(host["losses_since_eval"], *rows_until(self.log.path, latest))
         return latest, state
 
 
@@ -222,7 +223,8 @@ def train_pack(specs, out_dir: str | Path, *, on_step: Callable[[dict], None] | 
     try:
         states, start = [], None
         for s in specs:
-            mb = _Member(RunLog(s, out_dir, ctx, columns={"pack_size": len(specs)}), [x.run_id for x in specs])
+            mb = _Member(RunLog(s, out_dir, ctx, columns={"pack_size": len(specs)}, t_start=t_start),
+                         [x.run_id for x in specs])
             members.append(mb)
             try:
                 step, state = mb.restore(lone.abstract_state())
@@ -259,7 +261,7 @@ def train_pack(specs, out_dir: str | Path, *, on_step: Callable[[dict], None] | 
                     continue
                 if not math.isfinite(losses[i]):
                     # It keeps its slot in the compiled step until the pack ends; its numbers are ignored.
-                    mb.result = mb.log.diverged(step, f"non-finite training loss at step {s}", mb.log.wall(t_start))
+                    mb.result = mb.log.diverged(step, f"non-finite training loss at step {s}")
                     mb.ckpt.close()
                     continue
                 mb.log.losses_since_eval.append(float(losses[i]))
@@ -289,7 +291,7 @@ def train_pack(specs, out_dir: str | Path, *, on_step: Callable[[dict], None] | 
                 member_params = program.member(params, i)
                 if step in ctx.evals:
                     values, bins = ctx.evaluate(member_params, float(norms[i]), timer.interval())
-                    mb.log.evaluation(step, {**values, "wall_seconds": mb.log.wall(t_start)}, bins)
+                    mb.log.evaluation(step, {**values, "wall_seconds": mb.log.wall()}, bins)
                 mb.ckpt.save(step, {"params": member_params, "opt_state": program.member(opt_state, i)},
                              {"losses_since_eval": mb.log.losses_since_eval})
                 if step in ctx.evals:
@@ -302,11 +304,8 @@ def train_pack(specs, out_dir: str | Path, *, on_step: Callable[[dict], None] | 
         for i, mb in enumerate(live):
             if not mb.active:
                 continue
-            mb.result = mb.log.complete(program.member(params, i), mb.log.wall(t_start), timer.overall())
-            if not spec.train.keep_checkpoints:
-                mb.ckpt.delete_all()
-            else:
-                mb.ckpt.close()
+            mb.result = mb.log.complete(program.member(params, i), timer.overall())
+            mb.ckpt.finish(keep=spec.train.keep_checkpoints)
         return [mb.result for mb in members]
     finally:
         for mb in members:

@@ -203,15 +203,26 @@ class Throughput:
         self.interval_tokens, self.interval_seconds = 0, 0.0
 
 
+def rows_until(folder: Path, step: int) -> tuple[list[dict], list[dict]]:
+    """The history and calibration rows a run folder holds up to `step`, a checkpoint's: rows past it
+    are dropped on resume and recomputed identically."""
+    def read(name: str) -> list[dict]:
+        path = folder / name
+        return [r for r in records.read_rows(path) if r["step"] <= step] if path.exists() else []
+    return read("history.parquet"), read("calibration.parquet")
+
+
 class RunLog:
     """One run's records as they grow, as its folder holds them: history rows (one per
     evaluation), calibration bins, and the training losses since the last evaluation. Only the
-    process that writes records (`writer`) touches the folder."""
+    process that writes records (`writer`) touches the folder. `t_start` (perf_counter) is when this
+    process took the run up: `wall()` counts from there, on top of the wall seconds already recorded."""
 
     def __init__(self, spec: RunSpec, out_dir: str | Path, ctx: RunContext, *, writer: bool = True,
-                 columns: dict | None = None):
+                 columns: dict | None = None, t_start: float | None = None):
         from scaling import train as tr
         self.spec, self.ctx, self.writer = spec, ctx, writer
+        self.t_start = time.perf_counter() if t_start is None else t_start
         self.path = records.run_dir(out_dir, spec.run_id)
         self.base = {**base_row(spec), **ctx.columns, **(columns or {})}
         self.schedule = tr.lr_schedule(spec.optim, spec.steps)
@@ -241,17 +252,15 @@ class RunLog:
             raise CheckpointError(f"{self.history_path} has records but {folder} holds no checkpoint; "
                                   "delete the run folder to start it over")
 
-    def resume(self, step: int, host: dict) -> None:
-        """The records up to checkpoint `step` (later rows are recomputed identically)."""
-        self.losses_since_eval = host["losses_since_eval"]
-        if self.history_path.exists():
-            self.history = [r for r in records.read_rows(self.history_path) if r["step"] <= step]
-        if self.calibration_path.exists():
-            self.calibration = [r for r in records.read_rows(self.calibration_path) if r["step"] <= step]
-        self.wall_offset = self.history[-1]["wall_seconds"] if self.history else 0.0
+    def resume(self, losses_since_eval: list[float], history: list[dict], calibration: list[dict]) -> None:
+        """Continue from a saved state: its training losses since the last evaluation and the records
+        up to its step (`rows_until`)."""
+        self.losses_since_eval = list(losses_since_eval)
+        self.history, self.calibration = history, calibration
+        self.wall_offset = history[-1]["wall_seconds"] if history else 0.0
 
-    def wall(self, t_start: float) -> float:
-        return self.wall_offset + time.perf_counter() - t_start
+    def wall(self) -> float:
+        return self.wall_offset + time.perf_counter() - self.t_start
 
     def row(self, over: dict | None = None, **values) -> dict:
         tokens = values["step"] * self.ctx.tokens_per_step
@@ -284,22 +293,22 @@ class RunLog:
         if self.writer and not self.history:
             records.write_rows(self.path / "summary.parquet", [self.row(step=step, status="running", wall_seconds=0.0)])
 
-    def diverged(self, step: int, message: str, wall: float) -> dict:
+    def diverged(self, step: int, message: str) -> dict:
         bad = self.row(step=step, train_loss=math.nan, val_loss=math.nan, val_entropy=math.nan, val_ece=math.nan,
-                       lr=float(self.schedule(step - 1)), grad_norm=math.nan, wall_seconds=wall,
+                       lr=float(self.schedule(step - 1)), grad_norm=math.nan, wall_seconds=self.wall(),
                        tokens_per_second=math.nan, mfu=math.nan)
         self.history.append(bad)
         self.write("diverged", bad, message)
         return {**bad, "status": "diverged", "error": message}
 
-    def complete(self, params, wall: float, tokens_per_second: float | None) -> dict:
+    def complete(self, params, tokens_per_second: float | None) -> dict:
         """The summary of the finished run (its last evaluation, the whole run's throughput, the
         samples' columns) written with status `complete`."""
         from scaling import sampling
         ctx, m = self.ctx, self.spec.model
         final = dict(self.history[-1])
         tps = tokens_per_second or final["tokens_per_second"]
-        final.update(wall_seconds=wall, tokens_per_second=tps, mfu=ctx.mfu(tps))
+        final.update(wall_seconds=self.wall(), tokens_per_second=tps, mfu=ctx.mfu(tps))
         if self.spec.sampling:
             columns, texts = sampling.sample_all(params, m, ctx.val_windows, self.spec.sampling,
                                                  self.spec.train.compute_dtype)
@@ -334,7 +343,7 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
     program = tr.build_program(spec, mesh)
     ctx = RunContext(spec, mesh, program)
     single = jax.process_count() == 1
-    log = RunLog(spec, out_dir, ctx, writer=jax.process_index() == 0)
+    log = RunLog(spec, out_dir, ctx, writer=jax.process_index() == 0, t_start=t_start)
     log.write_config()
 
     ckpt = Checkpoints(log.path / "checkpoints")
@@ -347,15 +356,13 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
         state, host = seed_ckpt.restore(seed.step, program.abstract_state())
         seed_ckpt.close()
         params, opt_state, step = state["params"], state["opt_state"], seed.step
-        log.losses_since_eval = host["losses_since_eval"]
-        log.history, log.calibration = seed.history, seed.calibration
-        log.wall_offset = log.history[-1]["wall_seconds"] if log.history else 0.0
+        log.resume(host["losses_since_eval"], seed.history, seed.calibration)
         if log.writer:
             records.write_json(log.path / "branch.json", seed.info)
     elif latest is not None:
         state, host = ckpt.restore(latest, program.abstract_state())
         params, opt_state, step = state["params"], state["opt_state"], latest
-        log.resume(latest, host)
+        log.resume(host["losses_since_eval"], *rows_until(log.path, latest))
     else:
         log.check_fresh(ckpt.folder)
         params = program.init_params()
@@ -397,7 +404,7 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
         if at not in measured:
             values, bins = ctx.evaluate(params, grad_norm, timer.interval())
             measured.clear()
-            measured[at] = ({**values, "wall_seconds": log.wall(t_start)}, bins)
+            measured[at] = ({**values, "wall_seconds": log.wall()}, bins)
         return measured[at]
 
     def save(at: int) -> None:
@@ -446,19 +453,16 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
                     if halt_at is not None and step >= halt_at:
                         raise Halt(step)
                 timer.start(step)
-        result = log.complete(params, log.wall(t_start), timer.overall())
+        result = log.complete(params, timer.overall())
         if branch is not None and not spec.train.keep_checkpoints:
             branching.remove_seed(out_dir, branch)
-        if not spec.train.keep_checkpoints:
-            ckpt.delete_all()
-        else:
-            ckpt.close()
+        ckpt.finish(keep=spec.train.keep_checkpoints)
         return result
     except preemption.Preempted:
         ckpt.close()
         raise
     except tr.Diverged as e:
-        result = log.diverged(step, str(e), log.wall(t_start))
+        result = log.diverged(step, str(e))
         ckpt.close()
         return result
 
