@@ -25,6 +25,16 @@ from scaling.flops import param_counts, training_flops_per_token
 BYTE_VOCAB = 256
 _MISSING = object()
 
+# Upper bounds on settings that the parent or a run allocates for before training starts, so that
+# a typo (1e9 for 1e3) is refused up front instead of exhausting memory. Each is far above what a
+# scaling sweep uses.
+MAX_SEQ_LEN = 1 << 16
+MAX_EVAL_POINTS = 10_000
+MAX_EVAL_SEQUENCES = 1 << 20
+MAX_PROBE_ITEMS = 100_000
+MAX_PROMPTS = 4096
+MAX_BEAM = 64
+
 
 @dataclass(frozen=True)
 class SweepConfig:
@@ -83,11 +93,11 @@ class _Table:
             raise self.error(k, "is required")
         return default
 
-    def int(self, k, default=_MISSING, *, min=None) -> int:
-        return _as_int(self, k, self.raw(k, default), min)
+    def int(self, k, default=_MISSING, *, min=None, max=None) -> int:
+        return _as_int(self, k, self.raw(k, default), min, max)
 
-    def float(self, k, default=_MISSING, *, min=None, max=None, min_open=False) -> float:
-        return _as_float(self, k, self.raw(k, default), min, max, min_open)
+    def float(self, k, default=_MISSING, *, min=None, max=None, min_open=False, max_open=False) -> float:
+        return _as_float(self, k, self.raw(k, default), min, max, min_open, max_open)
 
     def str(self, k, default=_MISSING, *, choices=None) -> str:
         v = self.raw(k, default)
@@ -125,25 +135,49 @@ class _Table:
             raise self.error(extra[0], f"unknown key (known here: {', '.join(sorted(self.used)) or 'none'})")
 
 
-def _as_int(t: _Table, k, v, min) -> int:
+def _as_int(t: _Table, k, v, min, max=None) -> int:
     # TOML writes 1e6 as a float; accept any integral number, reject bools and fractions.
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
         raise t.error(k, f"expected an integer, got {v!r}")
     v = int(v)
     if min is not None and v < min:
         raise t.error(k, f"expected an integer >= {min}, got {v}")
+    if max is not None and v > max:
+        raise t.error(k, f"expected an integer <= {max:,}, got {v:,}")
     return v
 
 
-def _as_float(t: _Table, k, v, min, max, min_open) -> float:
+def _as_float(t: _Table, k, v, min, max, min_open, max_open=False) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise t.error(k, f"expected a number, got {v!r}")
     v = float(v)
     if min is not None and (v < min or (min_open and v == min)):
         raise t.error(k, f"expected a number {'>' if min_open else '>='} {min}, got {v}")
-    if max is not None and v > max:
-        raise t.error(k, f"expected a number <= {max}, got {v}")
+    if max is not None and (v > max or (max_open and v == max)):
+        raise t.error(k, f"expected a number {'<' if max_open else '<='} {max}, got {v}")
     return v
+
+
+def _folder_name_problem(name: str) -> str | None:
+    """Why `name` cannot be one folder's name inside results/, or None."""
+    if not name.strip():
+        return "expected a non-empty name"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "a control character (newline, tab, ...) in the name"
+    if "/" in name or "\\" in name:
+        return "a path separator in the name"
+    if name in (".", "..") or name.startswith("."):
+        return "a name that starts with '.'"
+    return None
+
+
+def _unique(t: _Table, key: str, values: list, show=repr) -> None:
+    """A list whose entries must differ (grid axes: a repeated entry would be the same run twice)."""
+    for i, v in enumerate(values):
+        first = values.index(v)
+        if first < i:
+            raise t.error(f"{key}[{i}]", f"repeats {t.key(f'{key}[{first}]')} ({show(v)}): each grid point is one run; "
+                          "expected distinct values (use [sweep] seeds for repeats)")
 
 
 def _int_list(t: _Table, k, *, min=1) -> list[int]:
@@ -222,12 +256,15 @@ def load_sweep(path: str | Path, *, device_count: int | None = None) -> SweepCon
 
     sw = root.sub("sweep")
     name = sw.str("name", path.stem)
-    if not name.strip():
-        raise sw.error("name", "expected a non-empty name")
+    problem = _folder_name_problem(name)
+    if problem:
+        raise sw.error("name", f"{problem} (the name is a folder: expected letters, digits, '-', '_' or '.', "
+                       f"got {name!r})")
     out_dir = sw.str("out_dir", f"results/{name}")
     if not out_dir.strip():
         raise sw.error("out_dir", "expected a non-empty folder")
     seeds = _int_list(sw, "seeds", min=0) if "seeds" in sw.data else [0]
+    _unique(sw, "seeds", seeds)
     launcher = sw.str("launcher", "local", choices=LAUNCHERS)
     max_parallel = sw.int("max_parallel", 1, min=1)
     pack = sw.bool("pack", False)
@@ -246,7 +283,7 @@ def load_sweep(path: str | Path, *, device_count: int | None = None) -> SweepCon
     vocab_size = d.int("vocab_size", BYTE_VOCAB if source != "tokens" else _MISSING, min=2)
     if source != "tokens" and vocab_size != BYTE_VOCAB:
         raise d.error("vocab_size", f"the bytes tokenizer has 256 tokens, got {vocab_size}")
-    seq_len = d.int("seq_len", 128, min=2)
+    seq_len = d.int("seq_len", 128, min=2, max=MAX_SEQ_LEN)
     val_fraction = d.float("val_fraction", 0.02, min=0.0, max=0.5, min_open=True)
     data_seed = d.int("data_seed", 0, min=0)
     synthetic = _synthetic(d, source)
@@ -265,7 +302,9 @@ def load_sweep(path: str | Path, *, device_count: int | None = None) -> SweepCon
 
     o = root.sub("optimizer")
     optim_kw = dict(lr=o.float("lr", 3e-3, min=0, min_open=True), weight_decay=o.float("weight_decay", 0.1, min=0),
-                    beta1=o.float("beta1", 0.9, min=0, max=1), beta2=o.float("beta2", 0.95, min=0, max=1),
+                    # Adam's moment averages need beta < 1: at 1 they never move from zero (Kingma & Ba 2015).
+                    beta1=o.float("beta1", 0.9, min=0, max=1, max_open=True),
+                    beta2=o.float("beta2", 0.95, min=0, max=1, max_open=True),
                     eps=o.float("eps", 1e-8, min=0, min_open=True), grad_clip=o.float("grad_clip", 1.0, min=0))
     o.finish()
     s = root.sub("schedule")
@@ -282,7 +321,8 @@ def load_sweep(path: str | Path, *, device_count: int | None = None) -> SweepCon
         raise t.error("batch_tokens", f"{batch_tokens} is not a multiple of data.seq_len={seq_len}")
     train_kw = dict(
         batch_tokens=batch_tokens, micro_batch=t.int("micro_batch", 0, min=0),
-        eval_points=t.int("eval_points", 16, min=1), eval_sequences=t.int("eval_sequences", 64, min=1),
+        eval_points=t.int("eval_points", 16, min=1, max=MAX_EVAL_POINTS),
+        eval_sequences=t.int("eval_sequences", 64, min=1, max=MAX_EVAL_SEQUENCES),
         checkpoint_every=t.int("checkpoint_every", 200, min=0), keep_checkpoints=t.bool("keep_checkpoints", False),
         label_smoothing=t.float("label_smoothing", 0.0, min=0, max=1),
         entropy_coef=t.float("entropy_coef", 0.0),
@@ -419,6 +459,7 @@ def _axes(t: _Table, optim_kw, train_kw) -> list[dict]:
             raise t.error(key, f"unknown sweep axis (known: {', '.join(_AXIS_KEYS)})")
         name, kind = _AXIS_KEYS[key]
         values = t.list(key)
+        _unique(t, f'"{key}"', values)
         if kind == "float":
             values = [_as_float(t, f'"{key}"[{i}]', v, *_AXIS_BOUNDS[name]) for i, v in enumerate(values)]
         elif not all(isinstance(v, str) and v in SCHEDULES for v in values):
@@ -432,19 +473,26 @@ def _models(t: _Table, rule: _ShapeRule) -> list[ModelConfig]:
     if ("models" in t.data) == ("n_params" in t.data):
         raise ConfigError(t.file, t.key("models"), "give exactly one of `models` (shapes) or `n_params` (targets)")
     if "models" in t.data:
-        return [rule.explicit(_Table(t.file, t.key(f"models[{i}]"), m)) for i, m in enumerate(t.list("models"))]
-    out = []
-    for i, target in enumerate(_int_list(t, "n_params")):
-        try:
-            out.append(rule.from_target(target))
-        except ValueError as e:
-            raise t.error(f"n_params[{i}]", str(e)) from None
+        key = "models"
+        out = [rule.explicit(_Table(t.file, t.key(f"models[{i}]"), m)) for i, m in enumerate(t.list("models"))]
+    else:
+        key, out = "n_params", []
+        for i, target in enumerate(_int_list(t, "n_params")):
+            try:
+                out.append(rule.from_target(target))
+            except ValueError as e:
+                raise t.error(f"n_params[{i}]", str(e)) from None
+    # Two entries of one shape (written twice, or with its defaults spelled out, or two targets that
+    # the shape rule resolves alike) would be one run: say so rather than merge them.
+    _unique(t, key, out, show=lambda m: f"the shape n_layer={m.n_layer}, d_model={m.d_model}, n_head={m.n_head}, "
+            f"d_ff={m.d_ff}")
     return out
 
 
 def _kaplan_grid(t: _Table, rule: _ShapeRule):
     models = _models(t, rule)
     tokens = _int_list(t, "tokens")
+    _unique(t, "tokens", tokens, show=lambda v: f"{v:,} tokens")
     t.finish()
     return [("kaplan", m, d, None) for m in models for d in tokens]
 
@@ -453,6 +501,7 @@ def _isoflop_grid(t: _Table, rule: _ShapeRule, batch_tokens: int):
     """For each budget C and model size N: D = C / (exact training FLOPs per token), rounded to whole
     steps. Sizes outside the tokens-per-parameter window or under min_steps are left out of that budget."""
     budgets = _float_list(t, "budgets")
+    _unique(t, "budgets", budgets, show=lambda v: f"{v:.4g} FLOPs")
     models = _models(t, rule)
     min_steps = t.int("min_steps", 20, min=1)
     window = t.raw("tokens_per_param", [1.0, 1e4])
@@ -562,7 +611,8 @@ def _tasks(d: _Table, source: str, seq_len: int) -> TasksConfig | None:
     settings = dict(rate=t.float("rate", default.rate, min=0, max=0.9, min_open=True),
                     heldout_fraction=t.float("heldout_fraction", default.heldout_fraction, min=0, max=0.9,
                                              min_open=True),
-                    probe_items=t.int("probe_items", default.probe_items, min=1), seed=t.int("seed", default.seed, min=0))
+                    probe_items=t.int("probe_items", default.probe_items, min=1, max=MAX_PROBE_ITEMS),
+                    seed=t.int("seed", default.seed, min=0))
     specs = []
     for name in [k for k, v in t.data.items() if isinstance(v, dict)]:
         if not set(name) <= _TASK_NAME_CHARS:
@@ -596,11 +646,12 @@ def _sampling(root: _Table, seq_len: int, vocab_size: int) -> SamplingConfig | N
     t = root.sub("sampling")
     default = SamplingConfig()
     cfg = SamplingConfig(
-        prompts=t.int("prompts", default.prompts, min=1), prompt_tokens=t.int("prompt_tokens", default.prompt_tokens, min=1),
+        prompts=t.int("prompts", default.prompts, min=1, max=MAX_PROMPTS),
+        prompt_tokens=t.int("prompt_tokens", default.prompt_tokens, min=1),
         new_tokens=t.int("new_tokens", default.new_tokens, min=1),
         temperature=t.float("temperature", default.temperature, min=0, min_open=True),
         top_k=t.int("top_k", default.top_k, min=1), top_p=t.float("top_p", default.top_p, min=0, max=1, min_open=True),
-        beam=t.int("beam", default.beam, min=1), seed=t.int("seed", default.seed, min=0))
+        beam=t.int("beam", default.beam, min=1, max=MAX_BEAM), seed=t.int("seed", default.seed, min=0))
     if cfg.prompt_tokens + cfg.new_tokens > seq_len:
         raise t.error("new_tokens", f"prompt_tokens + new_tokens = {cfg.prompt_tokens + cfg.new_tokens} is more than "
                       f"data.seq_len={seq_len}")

@@ -64,10 +64,10 @@ BAD = [
     ("budget-too-small", "[isoflop]\nbudgets = [1e12, 1e8]\nmodels = [{ n_layer = 1, d_model = 32 }, "
      "{ n_layer = 2, d_model = 32 }, { n_layer = 2, d_model = 64 }]\n", "isoflop.budgets[1]",
      "fits only 0 distinct model size(s) (need >= 3"),
-    # The third shape is the first one with its defaults written out: one size, not three.
+    # The second shape is the first one with its defaults written out: one size, not two.
     ("isoflop-duplicate-sizes", "[isoflop]\nbudgets = [1e12]\nmodels = [{ n_layer = 2, d_model = 64 }, "
-     "{ n_layer = 2, d_model = 64 }, { n_layer = 2, d_model = 64, n_head = 2, d_ff = 256 }]\n", "isoflop.budgets[0]",
-     "fits only 1 distinct model size(s)"),
+     "{ n_layer = 2, d_model = 64, n_head = 2, d_ff = 256 }, { n_layer = 3, d_model = 64 }]\n", "isoflop.models[1]",
+     "repeats isoflop.models[0] (the shape n_layer=2, d_model=64, n_head=2, d_ff=256)"),
     ("isoflop-bad-window", "[isoflop]\nbudgets = [1e12]\nmodels = [{ n_layer = 2, d_model = 64 }]\n"
      "tokens_per_param = [100, 10]\n", "isoflop.tokens_per_param", "0 < low < high"),
     ("mesh-not-dividing-devices", "[mesh]\nsize = 3\n" + GRID, "mesh.size", f"do not divide the {DEVICES} available"),
@@ -109,6 +109,47 @@ BAD = [
      "grid.models", "exactly one of `models` (shapes) or `n_params`"),
     ("empty-tokens", "[grid]\nmodels = [{ n_layer = 2, d_model = 64 }]\ntokens = []\n", "grid.tokens",
      "expected a non-empty list"),
+    # Sweep names are one folder under results/ (the reliability issue: "../../x" wrote outside it).
+    ("name-with-separator", '[sweep]\nname = "a/b"\n' + GRID, "sweep.name", "a path separator in the name"),
+    ("name-climbing-out", '[sweep]\nname = "../../x"\n' + GRID, "sweep.name", "a path separator in the name"),
+    ("name-absolute", '[sweep]\nname = "/x"\n' + GRID, "sweep.name", "a path separator in the name"),
+    ("name-dot-dot", '[sweep]\nname = ".."\n' + GRID, "sweep.name", "starts with '.'"),
+    ("name-hidden", '[sweep]\nname = ".x"\n' + GRID, "sweep.name", "starts with '.'"),
+    ("name-newline", '[sweep]\nname = "a\\nb"\n' + GRID, "sweep.name", "a control character"),
+    ("name-tab", '[sweep]\nname = "a\\tb"\n' + GRID, "sweep.name", "a control character"),
+    ("name-backslash", '[sweep]\nname = "a\\\\b"\n' + GRID, "sweep.name", "a path separator in the name"),
+    # Values that pass their types but cannot work: memory before training, Adam that never moves.
+    ("eval_points-huge", "[train]\neval_points = 1e9\n" + GRID, "train.eval_points",
+     "expected an integer <= 10,000, got 1,000,000,000"),
+    ("eval_sequences-huge", "[train]\neval_sequences = 1e9\n" + GRID, "train.eval_sequences",
+     "expected an integer <= 1,048,576"),
+    ("seq_len-huge", "[data]\nseq_len = 1e9\n[train]\nbatch_tokens = 1e9\n" + GRID, "data.seq_len",
+     "expected an integer <= 65,536"),
+    ("probe_items-huge", "[data.tasks]\nprobe_items = 1e8\n[data.tasks.copy]\n" + GRID, "data.tasks.probe_items",
+     "expected an integer <= 100,000"),
+    ("sampling-prompts-huge", "[sampling]\nprompts = 1e7\n" + GRID, "sampling.prompts",
+     "expected an integer <= 4,096"),
+    ("sampling-beam-huge", "[sampling]\nbeam = 1000\n" + GRID, "sampling.beam", "expected an integer <= 64"),
+    ("beta1-one", "[optimizer]\nbeta1 = 1.0\n" + GRID, "optimizer.beta1", "expected a number < 1, got 1.0"),
+    ("beta2-one", "[optimizer]\nbeta1 = 0.9\nbeta2 = 1.0\n" + GRID, "optimizer.beta2",
+     "expected a number < 1, got 1.0"),
+    ("beta2-over-one", "[optimizer]\nbeta2 = 1.5\n" + GRID, "optimizer.beta2", "expected a number < 1, got 1.5"),
+    # A grid point written twice is one run: refused, naming both entries.
+    ("duplicate-models", "[grid]\nmodels = [{ n_layer = 2, d_model = 64 }, { n_layer = 1, d_model = 32 }, "
+     "{ n_layer = 2, d_model = 64 }]\ntokens = [1e5]\n", "grid.models[2]", "repeats grid.models[0]"),
+    ("duplicate-tokens", "[grid]\nmodels = [{ n_layer = 2, d_model = 64 }]\ntokens = [1e5, 2e5, 100000]\n",
+     "grid.tokens[2]", "repeats grid.tokens[0] (100,000 tokens)"),
+    ("duplicate-n_params", "[grid]\nn_params = [1e5, 1.01e5]\ntokens = [1e5]\n", "grid.n_params[1]",
+     "repeats grid.n_params[0] (the shape"),
+    ("duplicate-seeds", "[sweep]\nseeds = [0, 1, 0]\n" + GRID, "sweep.seeds[2]", "repeats sweep.seeds[0]"),
+    ("duplicate-budgets", "[isoflop]\nbudgets = [1e12, 3e12, 1e12]\nmodels = [{ n_layer = 1, d_model = 32 }, "
+     "{ n_layer = 2, d_model = 32 }, { n_layer = 2, d_model = 64 }]\n", "isoflop.budgets[2]",
+     "repeats isoflop.budgets[0] (1e+12 FLOPs)"),
+    ("duplicate-axis-values", '[axes]\n"optimizer.lr" = [1e-3, 3e-3, 0.001]\n' + GRID, 'axes."optimizer.lr"[2]',
+     'repeats axes."optimizer.lr"[0] (0.001)'),
+    ("out_dir-under-a-file", '[sweep]\nout_dir = "corpus/a.txt/out"\n' + GRID, "sweep.out_dir",
+     "corpus/a.txt is not a folder"),
+    ("out_dir-in-proc", '[sweep]\nout_dir = "/proc/scaling-results"\n' + GRID, "sweep.out_dir", "cannot write there"),
     ("toml-syntax", "[train]\nbatch_tokens = 8192\nlr = = 3\n", None,
      "TOML syntax error: Invalid value (at line 3, column 6)"),
     ("toml-duplicate-key", "[train]\neval_points = 4\neval_points = 5\n" + GRID, None, "(at line 3, column"),
@@ -254,13 +295,13 @@ tokens = [1e5]
 def test_kaplan_grid_is_models_times_tokens_times_seeds(tmp_path):
     sweep = _load(tmp_path, """
 [sweep]
-seeds = [0, 1, 1]
+seeds = [0, 1]
 [grid]
 models = [{ n_layer = 1, d_model = 32 }, { n_layer = 2, d_model = 64 }]
-tokens = [1e5, 2e5, 1e5]
+tokens = [1e5, 2e5]
 """)
     keys = {(s.model.d_model, s.train.tokens, s.seed) for s in sweep.runs}
-    assert len(sweep.runs) == len(keys) == 2 * 2 * 2  # repeated seeds and token counts are one run each
+    assert len(sweep.runs) == len(keys) == 2 * 2 * 2  # (a repeated entry is an error: BAD "duplicate-*")
     assert {s.grid for s in sweep.runs} == {"kaplan"} and all(s.flops_budget is None for s in sweep.runs)
 
 
