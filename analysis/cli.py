@@ -11,9 +11,7 @@ RESULTS_DIR may be one sweep's folder or a parent of several; each sweep is fitt
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -23,7 +21,7 @@ from analysis.chinchilla import fit_chinchilla
 from analysis.emergence import optimal_loss_gap, probe_tasks, transitions
 from analysis.fit_result import DEFAULT_BOOTSTRAP, Fit
 from analysis.kaplan import fit_kaplan
-from analysis.records import load_history, load_runs
+from analysis.records import load_history, load_runs, one_line_warnings
 
 
 class UsageError(Exception):
@@ -59,7 +57,7 @@ def table_command(argv: list[str]) -> int:
 
 
 def _run(parser: _Parser, argv, command) -> int:
-    with _one_line_warnings():
+    with one_line_warnings():
         try:
             args = parser.parse_args(argv)
             if args.bootstrap < 0:
@@ -75,21 +73,6 @@ def _run(parser: _Parser, argv, command) -> int:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
-
-
-@contextlib.contextmanager
-def _one_line_warnings():
-    """Record warnings (a skipped corrupt file) as one stderr line each, not file:line + source."""
-    previous = warnings.showwarning
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        print(f"warning: {_one_line(message) if isinstance(message, Exception) else message}", file=sys.stderr)
-
-    warnings.showwarning = show
-    try:
-        yield
-    finally:
-        warnings.showwarning = previous
 
 
 def _records(results_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:

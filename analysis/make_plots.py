@@ -34,7 +34,7 @@ from analysis.chinchilla import fit_chinchilla  # noqa: E402
 from analysis.emergence import load_calibration, probe_tasks  # noqa: E402
 from analysis.fit_result import DEFAULT_BOOTSTRAP  # noqa: E402
 from analysis.kaplan import fit_kaplan  # noqa: E402
-from analysis.records import load_history, load_runs  # noqa: E402
+from analysis.records import load_history, load_runs, one_line_warnings  # noqa: E402
 
 PNG_DPI = 150
 # No creation date (PDF) and no version string (PNG): the same records give the same bytes.
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if not root.is_dir():
         print(f"make_plots: error: no results folder at {root}", file=sys.stderr)
         return 2
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), one_line_warnings():
         warnings.simplefilter("default")
         for sweep_dir in sweep_dirs(root):
             for path in sweep_figures(sweep_dir, bootstrap=args.bootstrap):
