@@ -198,7 +198,7 @@ class Seeder:
             own = records.run_dir(out_dir, b.spec.run_id)
             if (b.step <= (restored_step or 0) or (restored_step and b.spec.run_id not in tracked)
                     or seed_dir(out_dir, b).exists() or (own / "checkpoints").exists()
-                    or records.read_status(own) in ("complete", "diverged")):
+                    or records.read_status(own) in records.DONE):
                 continue
             log = RunLog(b.spec, out_dir, ctx, columns={"branched_from": trunk.run_id, "branch_step": b.step})
             if restored_step:  # the rows written before the trunk's checkpoint (save_pending)

@@ -47,9 +47,10 @@ class Checkpoints:
                                                                      host=ocp.args.JsonRestore()))
             return out["state"], out["host"]
         except Exception as e:  # orbax raises many types for a damaged checkpoint
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise CheckpointError(f"checkpoint {self.folder / str(step)} cannot be read ({type(e).__name__}: "
-                                  f"{first[:200]}); delete that folder to start this run over") from None
+            # The library's own text (often a C++ binding's) goes to error.txt with the traceback.
+            raise CheckpointError(f"checkpoint {self.folder / str(step)} cannot be read ({type(e).__name__}); "
+                                  f"delete the run folder {self.folder.parent} to train this run again from "
+                                  "step 0") from e
 
     def close(self) -> None:
         self.manager.close()

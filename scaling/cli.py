@@ -45,6 +45,8 @@ def _load(path: str, only: list[str] | None = None, args=None):
     runs = sweep.select(only) if only else sweep.runs
     if not runs:
         raise ConfigError(path, "", f"no run matches --only {' '.join(only)}")
+    from scaling.job import check_out_dir
+    check_out_dir(sweep, create=not getattr(args, "dry_run", False))
     return sweep, runs
 
 
@@ -89,6 +91,11 @@ def cmd_sweep(args) -> int:
             report = run_local(sweep, runs, max_parallel=args.max_parallel, quiet=args.quiet)
     except LaunchError as e:
         return _fail(str(e))
+    if report.stopped_by:
+        print(f"scaling: stopped by {signal_name(report.stopped_by)}: {len(report.interrupted)} run(s) stopped at "
+              f"their last checkpoint, {len(report.complete)} complete; run `scaling sweep {args.sweep}` again to "
+              "resume", file=sys.stderr)
+        return 128 + report.stopped_by
     for line in report.lines():
         print(line)
     verb = "submitted" if not report.awaited else "ran"
@@ -142,43 +149,70 @@ def _print_plan(sweep, runs) -> None:
 
 
 def cmd_run(args) -> int:
+    from scaling import preemption
     from scaling.distributed import DistributedError
     from scaling.job import run_one
 
-    if len(args.run_id) > 1:
-        return _run_pack(args)
-    args.run_id = args.run_id[0]
-
-    def run(on_step):
-        return run_one(args.sweep, args.run_id, on_step=on_step, distributed=args.distributed,
-                       coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
+    jsonl = args.progress == "jsonl"
+    if jsonl:  # a launcher's child: it stops with its parent
+        from scaling.launch import die_with_parent
+        die_with_parent()
     try:
-        if args.progress == "jsonl":
-            from scaling.launch import die_with_parent
-            die_with_parent()
-
-            def on_step(event):
-                print(json.dumps({"event": "step", **event}), flush=True)
-            result = run(on_step)
-            print(json.dumps({"event": "done", "status": result["status"], "error": result.get("error")}), flush=True)
-        else:
-            from rich.progress import Progress
-            progress = Progress(transient=True)  # started at the first step: errors before it print alone
-
-            def on_step(event):
-                if not progress.task_ids:
-                    progress.start()
-                    progress.add_task(args.run_id, total=event["steps"])
-                progress.update(progress.task_ids[0], completed=event["step"],
-                                description=f"{args.run_id} loss {event['loss']:.3f}")
-            try:
-                result = run(on_step)
-            finally:
-                if progress.task_ids:
-                    progress.stop()
-            print(f"{result['status']} {args.run_id}" + (f": {result['error']}" if result.get("error") else ""))
+        with preemption.stop_on_signals():
+            if len(args.run_id) > 1:
+                return _run_pack(args)
+            return _run_one(args, run_one)
     except DistributedError as e:
         return _fail(str(e))
+    except preemption.Stopped as e:
+        if jsonl:
+            for run_id in args.run_id:
+                print(json.dumps({"event": "done", "run_id": run_id, "status": "interrupted", "error": None}),
+                      flush=True)
+        else:
+            print(f"scaling: stopped by {signal_name(e.signum)} at the run's last checkpoint; run the same command "
+                  "again to resume", file=sys.stderr)
+        return e.exit_code
+
+
+def signal_name(signum: int) -> str:
+    import signal
+    return signal.Signals(signum).name
+
+
+def _outcome_line(result: dict) -> str:
+    if result.get("already"):
+        return f"{result['run_id']} is already {result['status']}: nothing to do"
+    return f"{result['status']} {result['run_id']}" + (f": {result['error']}" if result.get("error") else "")
+
+
+def _run_one(args, run_one) -> int:
+    run_id = args.run_id[0]
+
+    def run(on_step):
+        return run_one(args.sweep, run_id, on_step=on_step, distributed=args.distributed,
+                       coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
+    if args.progress == "jsonl":
+        def on_step(event):
+            print(json.dumps({"event": "step", **event}), flush=True)
+        result = run(on_step)
+        print(json.dumps({"event": "done", "status": result["status"], "error": result.get("error")}), flush=True)
+    else:
+        from rich.progress import Progress
+        progress = Progress(transient=True)  # started at the first step: errors before it print alone
+
+        def on_step(event):
+            if not progress.task_ids:
+                progress.start()
+                progress.add_task(run_id, total=event["steps"])
+            progress.update(progress.task_ids[0], completed=event["step"],
+                            description=f"{run_id} loss {event['loss']:.3f}")
+        try:
+            result = run(on_step)
+        finally:
+            if progress.task_ids:
+                progress.stop()
+        print(_outcome_line({**result, "run_id": run_id}))
     return 0 if result["status"] in ("complete", "diverged") else 1
 
 
@@ -189,8 +223,6 @@ def _run_pack(args) -> int:
         return _fail("several --run-id train together in one process: not with --distributed on or the "
                      "multi-host flags")
     if args.progress == "jsonl":
-        from scaling.launch import die_with_parent
-        die_with_parent()
         results = run_pack(args.sweep, args.run_id,
                            on_step=lambda event: print(json.dumps({"event": "step", **event}), flush=True))
         for r in results:
@@ -213,7 +245,7 @@ def _run_pack(args) -> int:
             if tasks:
                 progress.stop()
         for r in results:
-            print(f"{r['status']} {r['run_id']}" + (f": {r['error']}" if r.get("error") else ""))
+            print(_outcome_line(r))
     return 0 if all(r["status"] in ("complete", "diverged") for r in results) else 1
 
 
@@ -222,6 +254,8 @@ def cmd_status(args) -> int:
     not started shown as `pending`."""
     import pyarrow.parquet as pq
     from rich.table import Table
+
+    from analysis.records import run_problems
     root, planned = Path(args.results), []
     if root.is_file() or root.suffix == ".toml":
         from scaling import records
@@ -239,17 +273,23 @@ def cmd_status(args) -> int:
         table.add_column(col, justify="left" if col in ("run", "status") else "right")
     counts: dict[str, int] = {}
     for path in summaries:
+        problems = run_problems(path.parent)
         try:
             r = pq.read_table(path).to_pylist()[0]
-        except Exception:  # noqa: BLE001 - a damaged file is shown, not fatal
-            table.add_row(path.parent.name, "", "", "", "unreadable", "", "", "", "")
-            continue
-        if r["status"] == "running" and _lock_is_free(path.parent):
-            r["status"] = "interrupted"  # no process holds the run's lock: rerun the sweep to resume it
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
+            status = r["status"]
+        except Exception:  # noqa: BLE001 - a damaged file (unreadable, empty, no status) is shown, not fatal
+            r, status = {"run_id": path.parent.name}, None
+        if status == "running" and _lock_is_free(path.parent):
+            status = "interrupted"  # no process holds the run's lock: rerun the sweep to resume it
+        if problems:  # the records do not back what the summary says: flagged, whatever it says
+            status = f"damaged ({'; '.join(problems)})" + (f", recorded {status}" if status else "")
+        elif r.get("error"):
+            status += f" ({r['error']})"
+        label = status.split(" ")[0]
+        counts[label] = counts.get(label, 0) + 1
         fmt = lambda v, f: "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, f)
-        table.add_row(r["run_id"], fmt(r.get("n_params_nonembed"), ","), fmt(r.get("target_tokens"), ".3g"),
-                      fmt(r.get("step"), "d"), r["status"] + (f" ({r['error']})" if r.get("error") else ""),
+        table.add_row(path.parent.name, fmt(r.get("n_params_nonembed"), ","), fmt(r.get("target_tokens"), ".3g"),
+                      fmt(r.get("step"), "d"), status,
                       fmt(r.get("val_loss"), ".4f"), fmt(r.get("tokens_per_second"), ",.0f"), fmt(r.get("mfu"), ".1%"),
                       fmt(r.get("wall_seconds"), ".1f") + ("s" if r.get("wall_seconds") is not None else ""))
     started = {p.parent.name for p in summaries}
@@ -283,8 +323,16 @@ def _analysis(name: str, argv: list[str]) -> int:
     return getattr(cli, name)(argv)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake is one line on stderr and exit status 2, as a bad sweep file is (argparse's own
+    prints the usage too)."""
+
+    def error(self, message):
+        self.exit(USAGE_ERROR, f"scaling: {self.prog}: {message} (see {self.prog} -h)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scaling", description="Scaling-law experiment runner.")
+    p = _Parser(prog="scaling", description="Scaling-law experiment runner.")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("sweep", help="train every run of a sweep file")
@@ -292,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="list the runs (shape, N, D, FLOPs, estimated time)")
     s.add_argument("--only", action="append", metavar="PATTERN",
                    help="run a subset: a glob over key=value labels or run ids, e.g. 'd_model=128*' (repeat to AND)")
-    s.add_argument("--max-parallel", type=int, default=None, help="runs at once (default: the sweep file's)")
+    s.add_argument("--max-parallel", type=_at_least(1), default=None, help="runs at once (default: the sweep file's)")
     s.add_argument("--quiet", "-q", action="store_true", help="plain log lines instead of progress bars")
     s.add_argument("--launcher", choices=LAUNCHERS, default=None,
                    help="where the runs go (default: the sweep file's [sweep] launcher, else local)")

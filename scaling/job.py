@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from scaling import records
 from scaling.config import ConfigError
 
 
@@ -39,6 +40,8 @@ def run_one(sweep_path: str | Path, run_id: str, *, on_step: Callable[[dict], No
     spec = next((s for s in sweep.runs if s.run_id == run_id), None)
     if spec is None:
         raise ConfigError(str(sweep_path), "--run-id", f"no run {run_id!r} in this sweep (see --dry-run)")
+    if jax.process_index() == 0:
+        check_out_dir(sweep)
     if jax.process_index() != 0:
         on_step = None  # one progress report per run, from the process that writes its records
     plan = None
@@ -46,6 +49,15 @@ def run_one(sweep_path: str | Path, run_id: str, *, on_step: Callable[[dict], No
         from scaling.branch import plan as branch_plan
         plan = branch_plan(sweep.runs)
     return run_and_record(spec, sweep.out_dir, on_step=on_step, plan=plan)
+
+
+def check_out_dir(sweep, *, create: bool = True) -> None:
+    """Raises ConfigError unless the sweep's results folder can take records, before anything trains:
+    `create` makes it if missing; else (a dry run) nothing is written (`records.writable`)."""
+    problem = records.writable(sweep.out_dir, create=create)
+    if problem:
+        raise ConfigError(sweep.path, "sweep.out_dir", f"{sweep.out_dir}: {problem}; expected a folder this "
+                          "user can write the records to")
 
 
 def outcome(result: dict) -> dict:
@@ -67,6 +79,7 @@ def run_pack(sweep_path: str | Path, run_ids: list[str], *, on_step: Callable[[d
     for run_id in run_ids:
         if run_id not in by_id:
             raise ConfigError(str(sweep_path), "--run-id", f"no run {run_id!r} in this sweep (see --dry-run)")
+    check_out_dir(sweep)
     if sweep.branch:
         # A trunk and its branches (launch.local_jobs): one after another in this process, the
         # trunk first, each branch resuming from the seed the trunk wrote. One process start-up

@@ -26,7 +26,7 @@ from scaling.flops import training_flops_per_token
 from scaling.run import write_failure
 from scaling.sweep import SweepConfig
 
-DONE = ("complete", "diverged")
+DONE = records.DONE
 # The utilisation assumed before any step is measured (dry-run estimates, the ETA's prior).
 ASSUMED_MFU = 0.15
 
@@ -52,10 +52,14 @@ class SweepReport:
     awaited: bool = True
     notes: list[str] = field(default_factory=list)  # job ids, log folders, where to look next
     max_running: int = 0  # the most runs this launcher had going at once
+    # A local sweep stopped by SIGINT / SIGTERM: the signal, and the runs it stopped at a checkpoint.
+    stopped_by: int | None = None
+    interrupted: list[str] = field(default_factory=list)
 
     def record(self, run_id: str, status: str, error: str | None) -> None:
-        {"complete": self.complete, "diverged": self.diverged, "locked": self.locked}.get(status, []).append(run_id)
-        if status not in ("complete", "diverged", "locked"):
+        {"complete": self.complete, "diverged": self.diverged, "locked": self.locked,
+         "interrupted": self.interrupted}.get(status, []).append(run_id)
+        if status not in ("complete", "diverged", "locked", "interrupted"):
             self.failed.append((run_id, error or status))
 
     def lines(self) -> list[str]:
@@ -75,13 +79,38 @@ class SweepReport:
 
 def finish_run(report: SweepReport, sweep: SweepConfig, spec: RunSpec, status: str | None, error: str | None) -> str:
     """Record one run's outcome as its launcher saw it. A run that ended without saying how (a killed
-    process, a failed job) is marked failed in its records too, unless its records say it finished."""
+    process, a failed job) is marked failed in its records too, unless its records say it finished
+    or another process has taken it up since."""
     if status is None:
-        status = "failed"
-        if records.read_status(records.run_dir(sweep.out_dir, spec.run_id)) not in DONE:
-            write_failure(spec, sweep.out_dir, "failed", error or "the run ended without a result")
+        status, error = "failed", error or "the run ended without a result"
+        recorded = mark_failed(sweep.out_dir, spec, error)
+        if recorded in DONE:
+            status, error = recorded, None
     report.record(spec.run_id, status, error)
     return status
+
+
+def mark_failed(out_dir, spec: RunSpec, error: str) -> str | None:
+    """Write status failed into a run's records, under its lock, unless they say it is complete or
+    diverged (that status is returned) or another process holds the run. A disk that refuses the
+    write leaves the records as they are: the sweep's report still names the failure."""
+    path = records.run_dir(out_dir, spec.run_id)
+    try:
+        lock = records.RunLock(path)
+        if not lock.acquire():
+            return None
+    except OSError:
+        return None
+    try:
+        status = records.read_status(path)
+        if status not in DONE:
+            records.remove_temporaries(path)
+            write_failure(spec, out_dir, "failed", error)
+        return status
+    except OSError:
+        return None
+    finally:
+        lock.release()
 
 
 def pending_runs(sweep: SweepConfig, runs, report: SweepReport) -> list[RunSpec]:
@@ -239,11 +268,77 @@ def _next_job(queue: list[list[RunSpec]], plan, out_dir, unfinished: set[str], i
     return ready or (queue[0] if idle else None)
 
 
+# How long a stopped sweep waits for its runs to save their checkpoints and exit before it kills them.
+STOP_GRACE_SECONDS = 120.0
+# The end of a run process's stderr kept for its records when it dies without reporting.
+STDERR_TAIL_BYTES = 16_000
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM, while installed, set `signum` instead of stopping the parent at once: the
+    launcher then asks its runs to stop at a checkpoint and waits for them."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.previous: dict = {}
+
+    def __enter__(self):
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.previous[s] = signal.signal(s, self._on_signal)
+        return self
+
+    def _on_signal(self, signum, frame):
+        self.signum = self.signum or signum
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def _stderr_file():
+    """A run process's stderr: a temporary file outside the results folder (which may be the disk
+    that is full), read back only when the run dies without a result. Libraries' warnings and the
+    tracebacks of their threads stay out of the sweep's output."""
+    import tempfile
+    try:
+        return tempfile.TemporaryFile()
+    except OSError:
+        return None
+
+
+def _tail(stderr) -> str:
+    if stderr is None:
+        return ""
+    try:
+        stderr.seek(0, os.SEEK_END)
+        size = stderr.tell()
+        stderr.seek(max(0, size - STDERR_TAIL_BYTES))
+        return stderr.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _save_stderr(out_dir, spec: RunSpec, text: str) -> None:
+    """The end of a dead run process's stderr, in its folder's error.txt unless it has one."""
+    path = records.run_dir(out_dir, spec.run_id) / "error.txt"
+    if text.strip() and not path.exists():
+        try:
+            records.write_text(path, text)
+        except OSError:
+            pass
+
+
 def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quiet: bool = False,
               extra_env: dict | None = None, on_eta=None) -> SweepReport:
     """Train `runs` here, at most `max_parallel` processes at once (a pack of runs is one), longest
     first. `on_eta(elapsed_s, remaining_s)` is called with every ETA the display computes
-    (benchmarks/bench_schedule.py checks them)."""
+    (benchmarks/bench_schedule.py checks them).
+
+    SIGINT or SIGTERM stops the sweep: no run starts after it, every running one is asked to stop
+    (it saves a checkpoint of its step and exits) and is waited for, and the report's `stopped_by`
+    and `interrupted` say so; a rerun resumes them."""
     report = SweepReport()
     todo = pending_runs(sweep, runs, report)
     if not todo:
@@ -258,61 +353,95 @@ def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quie
     # sweep: each run process validates the whole sweep file against its devices.
     env = {**os.environ, **cpu.run_env(sweep.runs, workers), **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
     sel = selectors.DefaultSelector()
-    active: dict[int, tuple[subprocess.Popen, dict[str, RunSpec], dict[str, dict]]] = {}
+    active: dict[int, tuple[subprocess.Popen, dict[str, RunSpec], dict[str, dict], object]] = {}
     queue = local_jobs(sweep, todo, report, workers)
-    try:
-        while queue or active:
-            while queue and len(active) < workers:
-                unfinished = {s.run_id for job in queue for s in job} | {r for a in active.values() for r in a[1]}
-                picked = _next_job(queue, plan, sweep.out_dir, unfinished, idle=not active)
-                if picked is None:
-                    break
-                queue.remove(picked)
-                job = {spec.run_id: spec for spec in picked}
-                # --distributed off: one process per run (or pack) here, even inside an salloc shell
-                # whose SLURM variables the child inherits.
-                ids = [arg for run_id in job for arg in ("--run-id", run_id)]
-                proc = subprocess.Popen([sys.executable, "-m", "scaling", "run", sweep.path, *ids,
-                                         "--progress", "jsonl", "--distributed", "off"], stdout=subprocess.PIPE,
-                                        env=env, text=True, bufsize=1)
-                states = {run_id: {"status": None, "error": None} for run_id in job}
-                active[proc.pid] = (proc, job, states)
-                report.max_running = max(report.max_running, sum(len(j) for _, j, _ in active.values()))
-                sel.register(proc.stdout, selectors.EVENT_READ, proc.pid)
-                # A pack's runs train at once; a trunk's group (branch_jobs) one after another: each
-                # of its later runs is shown, and counted by the ETA, from its first step.
-                for spec in (picked[:1] if sweep.branch else picked):
-                    display.start(spec)
-            for key, _ in sel.select(timeout=1.0):
-                proc, job, states = active[key.data]
-                line = key.fileobj.readline()
-                if line:
-                    try:
-                        event = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a library printing to stdout
-                    # A lone run's events carry no run_id; a pack's name their run.
-                    run_id = event.get("run_id") if len(job) > 1 else next(iter(job))
-                    if run_id not in job:
+    stop_deadline = None
+    with _StopSignals() as stop:
+        try:
+            while (queue and stop.signum is None) or active:
+                if stop.signum is not None and stop_deadline is None:
+                    stop_deadline = time.monotonic() + STOP_GRACE_SECONDS
+                    for proc, *_ in active.values():  # each run stops at a checkpoint (preemption.py)
+                        _signal(proc, signal.SIGTERM)
+                if stop_deadline is not None and time.monotonic() > stop_deadline:
+                    for proc, *_ in active.values():
+                        _signal(proc, signal.SIGKILL)
+                while queue and len(active) < workers and stop.signum is None:
+                    unfinished = {s.run_id for job in queue for s in job} | {r for a in active.values() for r in a[1]}
+                    picked = _next_job(queue, plan, sweep.out_dir, unfinished, idle=not active)
+                    if picked is None:
+                        break
+                    queue.remove(picked)
+                    job = {spec.run_id: spec for spec in picked}
+                    # --distributed off: one process per run (or pack) here, even inside an salloc shell
+                    # whose SLURM variables the child inherits.
+                    ids = [arg for run_id in job for arg in ("--run-id", run_id)]
+                    stderr = _stderr_file()
+                    proc = subprocess.Popen([sys.executable, "-m", "scaling", "run", sweep.path, *ids,
+                                             "--progress", "jsonl", "--distributed", "off"], stdout=subprocess.PIPE,
+                                            stderr=stderr, env=env, text=True, bufsize=1)
+                    states = {run_id: {"status": None, "error": None} for run_id in job}
+                    active[proc.pid] = (proc, job, states, stderr)
+                    report.max_running = max(report.max_running, sum(len(a[1]) for a in active.values()))
+                    sel.register(proc.stdout, selectors.EVENT_READ, proc.pid)
+                    # A pack's runs train at once; a trunk's group (branch_jobs) one after another: each
+                    # of its later runs is shown, and counted by the ETA, from its first step.
+                    for spec in (picked[:1] if sweep.branch else picked):
+                        display.start(spec)
+                for key, _ in sel.select(timeout=1.0):
+                    proc, job, states, stderr = active[key.data]
+                    line = key.fileobj.readline()
+                    if line:
+                        _event(line, job, states, display)
                         continue
-                    if event.get("event") == "step":
-                        display.start(job[run_id])
-                        display.update(job[run_id], event)
-                    elif event.get("event") == "done":
-                        states[run_id].update(status=event["status"], error=event.get("error"))
-                    continue
-                sel.unregister(key.fileobj)
-                code = proc.wait()
-                for run_id, spec in job.items():
-                    status, error = states[run_id]["status"], states[run_id]["error"]
-                    if status is None:  # the child died without reporting: a crash, OOM or kill
-                        error = f"run process exited with code {code}"
-                    status = finish_run(report, sweep, spec, status, error)
-                    display.start(spec)  # if it ended before its first step (failed, or found complete)
-                    display.finish(spec, status, error)
-                del active[key.data]
-    finally:
-        for proc, _, _ in active.values():
-            proc.terminate()
-        display.close()
+                    sel.unregister(key.fileobj)
+                    code = proc.wait()
+                    for run_id, spec in job.items():
+                        status, error = states[run_id]["status"], states[run_id]["error"]
+                        if status is None and stop.signum is not None:
+                            status = "interrupted"  # stopped before it could say so: its records resume it
+                        if status is None:  # the child died without reporting: a crash, OOM or kill
+                            error = f"run process exited with code {code}"
+                            _save_stderr(sweep.out_dir, spec, _tail(stderr))
+                        status = finish_run(report, sweep, spec, status, error)
+                        display.start(spec)  # if it ended before its first step (failed, or found complete)
+                        display.finish(spec, status, error)
+                    if stderr is not None:
+                        stderr.close()
+                    del active[key.data]
+        finally:
+            for proc, *_ in active.values():  # an error of the launcher itself: no run is left behind
+                _signal(proc, signal.SIGTERM)
+            for proc, *_ in active.values():
+                try:
+                    proc.wait(timeout=STOP_GRACE_SECONDS)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            display.close()
+    report.stopped_by = stop.signum
     return report
+
+
+def _signal(proc: subprocess.Popen, signum: int) -> None:
+    try:
+        proc.send_signal(signum)
+    except ProcessLookupError:
+        pass
+
+
+def _event(line: str, job: dict[str, RunSpec], states: dict[str, dict], display: _Display) -> None:
+    """One JSON line from a run process: a step (progress) or a run's outcome."""
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return  # a library printing to stdout
+    # A lone run's events carry no run_id; a pack's name their run.
+    run_id = event.get("run_id") if len(job) > 1 else next(iter(job))
+    if run_id not in job:
+        return
+    if event.get("event") == "step":
+        display.start(job[run_id])
+        display.update(job[run_id], event)
+    elif event.get("event") == "done":
+        states[run_id].update(status=event["status"], error=event.get("error"))

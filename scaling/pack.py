@@ -42,7 +42,7 @@ from scaling.run import (Halt, RunContext, RunLog, Throughput, enable_compilatio
 
 HYPER = ("lr", "weight_decay", "label_smoothing", "entropy_coef")
 PACK_PRESET = "dp"  # the mesh preset a pack may split its batch over (parameters replicated)
-DONE = ("complete", "diverged")
+DONE = records.DONE
 
 
 class PackError(Exception):
@@ -355,8 +355,8 @@ def run_pack_and_record(specs, out_dir: str | Path, *, on_step: Callable[[dict],
     """Train `specs` as packs under their run locks and return each run's outcome, in order: status
     complete | diverged | failed | locked and error.
 
-    Runs already finished are skipped (their recorded status is returned); runs another process
-    holds are `locked`. The rest are grouped by what they compute (`pack_key`) and the step their
+    Runs already finished are skipped (their recorded status is returned, read under their lock);
+    runs another process holds are `locked`. The rest are grouped by what they compute (`pack_key`) and the step their
     checkpoints resume from, and each group trains as one pack (a group of one trains alone). When
     a group cannot be packed here (`PackError`: a mesh of several devices), its runs train alone,
     one after another. Events passed to `on_step` carry the run's `run_id`."""
@@ -364,16 +364,16 @@ def run_pack_and_record(specs, out_dir: str | Path, *, on_step: Callable[[dict],
     todo, locks = [], []
     for spec in specs:
         path = records.run_dir(out_dir, spec.run_id)
-        status = records.read_status(path)
-        if status in DONE:
-            results[spec.run_id] = {"run_id": spec.run_id, "status": status, "error": None}
-            continue
         lock = records.RunLock(path)
         if not lock.acquire():
             results[spec.run_id] = {"run_id": spec.run_id, "status": "locked",
                                     "error": "another process is training this run"}
             continue
         locks.append(lock)
+        status = records.read_status(path)  # under the lock: another process may just have finished it
+        if status in DONE:
+            results[spec.run_id] = {"run_id": spec.run_id, "status": status, "error": None, "already": True}
+            continue
         todo.append(spec)
     kwargs = {"devices": devices, "halt_at": halt_at}
     try:

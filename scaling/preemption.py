@@ -14,6 +14,10 @@ Within `deferred()` (what a submitit task runs in), the signal only sets a flag:
   was there before (submitit's), which requeues the job and exits. On resume not one step is redone.
 - otherwise (a run over several processes, which could only agree on a step through a collective,
   or no run polling) the handler runs as soon as no checkpoint is being written (`critical()`).
+
+`scaling run` treats SIGINT (Ctrl-C) and SIGTERM (a local sweep being stopped, `kill`) the same way
+(`stop_on_signals()`), with `Stopped` raised in place of submitit's handler: the run ends at a
+checkpoint, the process exits with 128 + the signal's number, and a rerun resumes exactly.
 """
 
 from __future__ import annotations
@@ -32,13 +36,28 @@ class Preempted(BaseException):
         self.step = step
 
 
+class Stopped(BaseException):
+    """A person or a process manager asked this process to stop (SIGINT, SIGTERM): raised where the
+    run can stop cleanly, after its last checkpoint write (`stop_on_signals`)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention for a process ended by a signal
+
+
 class _State:
     def __init__(self):
         self.installed = False
         self.signum: int | None = None  # the signal that arrived and has not been handed on
+        self.once = False  # hand the signal on once: later ones are ignored (the process is stopping)
+        self.handed = False
         self.polling = 0
         self.critical = 0
-        self.previous = None
+        self.then = None  # what handing the signal on calls: (signum, frame) -> None
 
 
 _state = _State()
@@ -51,7 +70,8 @@ def requested() -> bool:
 
 def _hand_over() -> None:
     signum, _state.signum = _state.signum, None
-    _state.previous(signum, None)
+    _state.handed = True
+    _state.then(signum, None)
 
 
 def _hand_over_if_waiting() -> None:
@@ -60,32 +80,50 @@ def _hand_over_if_waiting() -> None:
 
 
 def _on_signal(signum: int, frame) -> None:
+    if _state.once and _state.handed:
+        return
     _state.signum = signum
     _hand_over_if_waiting()
 
 
 @contextmanager
-def deferred(signum: int = signal.SIGUSR2) -> Iterator[None]:
-    """Within: `signum` is handled between steps or after a checkpoint write, then by the handler
-    installed before (which is expected to exit: submitit's requeues the job). A no-op off the main
-    thread or where no Python handler was installed."""
-    previous = signal.getsignal(signum)
-    if _state.installed or threading.current_thread() is not threading.main_thread() or not callable(previous):
+def deferred(signum: int | tuple[int, ...] = signal.SIGUSR2, *, then=None, once: bool = False) -> Iterator[None]:
+    """Within: `signum` (one or several) is handled between steps or after a checkpoint write, by
+    `then(signum, frame)`, by default the handler installed before (which is expected to exit:
+    submitit's requeues the job); with `once`, signals after the first handed on are ignored. A
+    no-op off the main thread, or where no handler is given and no Python handler was installed."""
+    signums = (signum,) if isinstance(signum, int) else tuple(signum)
+    previous = {s: signal.getsignal(s) for s in signums}
+    then = then or previous[signums[0]]
+    if _state.installed or threading.current_thread() is not threading.main_thread() or not callable(then):
         yield
         return
-    _state.installed, _state.signum, _state.previous = True, None, previous
-    signal.signal(signum, _on_signal)
+    _state.installed, _state.signum, _state.handed, _state.once, _state.then = True, None, False, once, then
+    for s in signums:
+        signal.signal(s, _on_signal)
     preempted = False
     try:
         yield
     except Preempted:
         preempted = True
     finally:
-        signal.signal(signum, previous)
+        for s in signums:
+            signal.signal(s, previous[s])
         _state.installed = False
     if preempted:
-        _state.signum = _state.signum or signum
+        _state.signum = _state.signum or signums[0]
         _hand_over()
+
+
+def _raise_stopped(signum: int, frame) -> None:
+    raise Stopped(signum)
+
+
+def stop_on_signals():
+    """Within: SIGINT and SIGTERM stop a run in one process as a preemption does (after a checkpoint
+    of the step it is on), then raise `Stopped`; elsewhere (start-up, a pack, several processes)
+    they raise `Stopped` at once, except during a checkpoint write, which finishes first."""
+    return deferred((signal.SIGINT, signal.SIGTERM), then=_raise_stopped, once=True)
 
 
 @contextmanager

@@ -42,8 +42,22 @@ SCHEMA = pa.schema([
 STATUSES = ("running", "complete", "diverged", "failed")
 
 
+DONE = ("complete", "diverged")  # a run in either state is never trained or rewritten again
+
+
 def run_dir(out_dir: str | Path, run_id: str) -> Path:
     return Path(out_dir) / "runs" / run_id
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Record files are made as `open` makes files (0o666 less the umask), so a group that shares a
+# results folder on a cluster filesystem can read them; mkstemp alone would make them 0o600.
+FILE_MODE = 0o666 & ~_umask()
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -52,12 +66,48 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, FILE_MODE)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Temporary files and folders that an interrupted write left in a run folder: this module's
+    `.<name>.*.tmp` files and orbax's `*.orbax-checkpoint-tmp*` folders (a full disk leaves them
+    behind, and they keep it full)."""
+    import shutil
+    folder = Path(folder)
+    for tmp in [*folder.glob(".*.tmp"), *folder.glob("checkpoints/*orbax-checkpoint-tmp*"),
+                *folder.glob("branches/*/checkpoints/*orbax-checkpoint-tmp*")]:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def writable(out_dir: str | Path, *, create: bool) -> str | None:
+    """None when records can be written under `out_dir`, else why not (one phrase). `create`: make
+    the folder and try a file in it; else (a dry run, which writes nothing) try a file in the
+    nearest folder that exists. The trial file is removed at once."""
+    folder = Path(out_dir)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        fd, trial = tempfile.mkstemp(prefix=".write-check.", dir=folder if create else existing)
+        os.close(fd)
+        os.unlink(trial)
+    except OSError as e:
+        return f"cannot write there ({e.strerror or e})"
+    return None
 
 
 def write_json(path: Path, obj: dict) -> None:

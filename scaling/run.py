@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import math
+import os
 import platform
 import socket
 import subprocess
@@ -53,16 +55,54 @@ def write_failure(spec: RunSpec, out_dir: str | Path, status: str, error: str) -
     records.write_rows(summary, [{**row, "status": status, "error": error}])
 
 
+# errno values that say the results folder, not the run, is at fault, as the user should read them.
+_STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                   errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                   errno.EPERM: "operation not permitted"}
+
+
+def storage_problem(error: BaseException) -> str | None:
+    """'no space left on the device (writing <file>)' and the like, when `error` or an exception it
+    was raised from is a storage error: orbax reports a full disk as a ValueError whose text carries
+    the OS error, pyarrow as an OSError, Python's own writes as OSError with the errno set."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
+            where = f" (writing {error.filename})" if error.filename else ""
+            return _STORAGE_ERRNOS[error.errno] + where
+        text = str(error)
+        for code, phrase in _STORAGE_ERRNOS.items():
+            if os.strerror(code) in text or f"[Errno {code}]" in text:
+                return f"{phrase} (while writing the run's records or checkpoint)"
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def error_line(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}".splitlines()[0]
+    """The one line that the records and the sweep's report give for a run's error."""
+    problem = storage_problem(error)
+    if problem:
+        return problem
+    return f"{type(error).__name__}: {error}".splitlines()[0][:400]
 
 
 def record_error(spec: RunSpec, out_dir: str | Path, error: BaseException) -> str:
     """Mark a run failed by the exception being handled: its traceback in the run's error.txt, its
-    first line (returned) in the records."""
+    first line (returned) in the records. A full or read-only disk may refuse either write: the
+    temporary files of the failed write are removed first (they would keep a disk full), and what
+    cannot be written is left out; the returned line still reaches the sweep's report."""
     message = error_line(error)
-    (records.run_dir(out_dir, spec.run_id) / "error.txt").write_text(traceback.format_exc())
-    write_failure(spec, out_dir, "failed", message)
+    path = records.run_dir(out_dir, spec.run_id)
+    records.remove_temporaries(path)
+    try:
+        records.write_text(path / "error.txt", traceback.format_exc())
+    except OSError:
+        pass
+    try:
+        write_failure(spec, out_dir, "failed", message)
+    except OSError as e:
+        return f"{message}; the failure could not be recorded either ({error_line(e)})"
     return message
 
 
@@ -249,8 +289,9 @@ class RunLog:
         """A run without a checkpoint must not have records either (they could not be continued)."""
         from scaling.checkpoint import CheckpointError
         if self.history_path.exists() and records.read_rows(self.history_path):
-            raise CheckpointError(f"{self.history_path} has records but {folder} holds no checkpoint; "
-                                  "delete the run folder to start it over")
+            raise CheckpointError(f"{self.history_path} has records but {folder} holds no checkpoint to "
+                                  f"continue them from; delete the run folder {self.path} to train this run "
+                                  "again from step 0")
 
     def resume(self, losses_since_eval: list[float], history: list[dict], calibration: list[dict]) -> None:
         """Continue from a saved state: its training losses since the last evaluation and the records
@@ -470,21 +511,29 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, on_step: Callable[[dict], N
 def run_and_record(spec: RunSpec, out_dir: str | Path, **kwargs) -> dict:
     """`train_run` under the run's lock; an exception becomes status `failed` with its text.
 
-    Multi-host: process 0 takes the lock and tells the others whether it got it; only process 0
-    writes the failure records."""
+    The status is read again under the lock: a run that another process completed (or found
+    diverged) while this one waited for it is returned as it is, with `already` set, and nothing
+    of it is trained or written. Multi-host: process 0 takes the lock, reads the status and tells
+    the others; only process 0 writes the failure records."""
     import jax
 
     path = records.run_dir(out_dir, spec.run_id)
     lead = jax.process_index() == 0
     lock = records.RunLock(path) if lead else None
-    acquired = lock.acquire() if lead else True
+    # 0: another process holds the run; 1: train it; 2 + i: it is already DONE[i].
+    verdict = 0
+    if lead and lock.acquire():
+        status = records.read_status(path)
+        verdict = 2 + records.DONE.index(status) if status in records.DONE else 1
     if jax.process_count() > 1:
         import numpy as np
         from jax.experimental import multihost_utils
-        acquired = bool(multihost_utils.broadcast_one_to_all(np.int32(acquired)))
-    if not acquired:
-        return {"run_id": spec.run_id, "status": "locked", "error": "another process is training this run"}
+        verdict = int(multihost_utils.broadcast_one_to_all(np.int32(verdict)))
     try:
+        if verdict == 0:
+            return {"run_id": spec.run_id, "status": "locked", "error": "another process is training this run"}
+        if verdict >= 2:
+            return {"run_id": spec.run_id, "status": records.DONE[verdict - 2], "error": None, "already": True}
         return train_run(spec, out_dir, **kwargs)
     except Halt:
         raise
