@@ -1,7 +1,7 @@
 """Emergence as a number and as a picture; confidence; the fitted floor against the true one.
 
 Probe columns are `probe/<task>/<metric>` with chance levels in `probe/<task>/chance_<metric>`
-(scaling/probes.py). A metric's *transition* is the scale at which it crosses halfway between chance
+(scaling/science/probes.py). A metric's *transition* is the scale at which it crosses halfway between chance
 and its best possible value, read off a monotone (isotonic) fit of the metric against log scale, with
 a bootstrap interval over runs; a task that never crosses has no transition (NaN), which is an
 answer too. Figures put a discontinuous metric (exact match) beside a continuous one (target

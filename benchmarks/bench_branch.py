@@ -68,10 +68,10 @@ def main() -> int:
     top = int(args.max_tokens) // batch
     tokens = [int(round(top * f)) * batch for f in np.geomspace(0.1, 1.0, 5)]
 
-    from scaling.branch import plan as branch_plan
-    from scaling.launch import run_local
-    from scaling.run import train_run
-    from scaling.sweep import load_sweep
+    from scaling.sweep.branch_plan import plan as branch_plan
+    from scaling.launch.local import run_local
+    from scaling.training.run import train_run
+    from scaling.sweep.reader import load_sweep
 
     root = Path(tempfile.mkdtemp(prefix="bench-branch-"))
 
@@ -88,8 +88,8 @@ def main() -> int:
 
     branched = sweep_file("branched", True, tokens)
     # The comparison runs below train in this process: give it the CPU devices that run_local
-    # gives its run processes (one per core, scaling/cpu.py), so that "alone" is bitwise comparable.
-    from scaling import cpu
+    # gives its run processes (one per core, scaling/launch/cpu.py), so that "alone" is bitwise comparable.
+    from scaling.launch import cpu
     cpu.configure(branched.runs)
     plan = branch_plan(branched.runs)
     trunk = max(branched.runs, key=lambda s: s.steps)

@@ -20,13 +20,13 @@ import time
 import jax
 import numpy as np
 
-from scaling import cpu
+from scaling.launch import cpu
 from scaling import data as data_mod
-from scaling import sharding as shd
-from scaling import train as tr
+from scaling.training import sharding as shd
+from scaling.training import step as tr
 from scaling.bench import bench_spec
 from scaling.flops import param_counts
-from scaling.pack import build_packed_program
+from scaling.training.pack import build_packed_program
 
 
 def main() -> None:
@@ -46,7 +46,7 @@ def main() -> None:
     specs = [dataclasses.replace(base, seed=k, optim=dataclasses.replace(base.optim, lr=1e-3 * (k + 1)))
              for k in range(args.members)]
     counts = param_counts(**dataclasses.asdict(base.model))
-    cpu.configure(specs)  # the CPU devices a sweep's process gets: one per core (scaling/cpu.py)
+    cpu.configure(specs)  # the CPU devices a sweep's process gets: one per core (scaling/launch/cpu.py)
     mesh = shd.make_mesh(base.mesh)
     source = data_mod.open_source("stdlib")
     batcher = data_mod.Batcher(source.train, base.model.seq_len, base.batch_size, 0)

@@ -60,8 +60,9 @@ def main(argv=None) -> int:
 
     import pyarrow.parquet as pq
 
-    from scaling.launch import pending_runs, run_flops, run_local, SweepReport
-    from scaling.sweep import load_sweep
+    from scaling.launch.local import run_local
+    from scaling.launch.report import pending_runs, run_flops, SweepReport
+    from scaling.sweep.reader import load_sweep
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.keep or tmp) / "records"

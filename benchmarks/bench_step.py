@@ -30,6 +30,7 @@ XLA's matmuls of these shapes allow on this machine, whatever the code around th
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import statistics
@@ -45,13 +46,23 @@ KAPLAN = {"seq_len": 64, "batch_tokens": 4096, "head_dim": 16}
 SHAPES = {"L1-d16": (1, 16), "L4-d96": (4, 96)}
 
 
+def _tree() -> Path:
+    return Path(os.environ.get("PYTHONPATH", REPO))
+
+
+def _module(new: str, old: str):
+    """A module of the tree under test by its path in this layout, or in the flat layout that commits
+    before the sub-packages (scaling/training/, scaling/launch/, ...) had."""
+    flat = not (_tree() / "scaling" / "training").is_dir()
+    return importlib.import_module(old if flat else new)
+
+
 def _cpu_devices(spec) -> None:
     """Give the worker the CPU devices a sweep's run gets (one per core that the batch splits over,
-    scaling/cpu.py), before JAX starts. Older commits have no such module: one device."""
-    if not (Path(os.environ.get("PYTHONPATH", REPO)) / "scaling" / "cpu.py").exists():
+    scaling/launch/cpu.py), before JAX starts. Older commits have no such module: one device."""
+    if not any((_tree() / "scaling" / p).exists() for p in ("cpu.py", "launch/cpu.py")):
         return  # (the editable install would otherwise lend this checkout's module to an old tree)
-    from scaling import cpu
-    cpu.configure([spec])
+    _module("scaling.launch.cpu", "scaling.cpu").configure([spec])
 
 
 # --- worker: one variant, one model ----------------------------------------------------------------
@@ -69,9 +80,9 @@ def worker(shape: str) -> None:
 
     from scaling import data as data_mod
     from scaling import hardware
-    from scaling import sharding as shd
-    from scaling import train as tr
     from scaling.flops import training_flops_per_token
+    shd = _module("scaling.training.sharding", "scaling.sharding")
+    tr = _module("scaling.training.step", "scaling.train")
 
     mesh = shd.make_mesh(spec.mesh)
     program = tr.build_program(spec, mesh)
@@ -83,7 +94,7 @@ def worker(shape: str) -> None:
     state = {"step": 0, "params": params, "opt": opt_state}
 
     def run(n):
-        # As a run does (scaling/run.py): step k's loss is read while step k+1 runs. (Queueing many
+        # As a run does (scaling/training/run.py): step k's loss is read while step k+1 runs. (Queueing many
         # steps ahead can deadlock XLA:CPU's in-process all-reduce on a multi-device CPU mesh:
         # benchmarks/NOTES.md, "One device per core".)
         p, o, pending = state["params"], state["opt"], None

@@ -4,7 +4,7 @@
     python benchmarks/gpu_check.py --attention xla      # the einsum attention instead of cuDNN's
     python benchmarks/gpu_check.py --smoke              # a tiny model for a few seconds (checks the script on a CPU)
 
-It uses the runner's own pieces (scaling/train.py: the jitted, sharded, donated train step; the
+It uses the runner's own pieces (scaling/training/step.py: the jitted, sharded, donated train step; the
 stdlib data source; the exact FLOP count; the peak table of scaling/hardware.py), on every local
 device with the fsdp preset. The compile step is not timed. MFU = achieved model FLOP/s (this
 project's exact count: attention and output layer included) / peak FLOP/s of the devices; the
@@ -36,11 +36,11 @@ def main() -> int:
 
     from scaling import data as data_mod
     from scaling import hardware
-    from scaling import sharding as shd
-    from scaling import train as tr
+    from scaling.training import sharding as shd
+    from scaling.training import step as tr
     from scaling.config import DataConfig, MeshConfig, ModelConfig, OptimConfig, RunSpec, TrainConfig
     from scaling.flops import param_counts, training_flops_per_token
-    from scaling.run import enable_compilation_cache
+    from scaling.training.run import enable_compilation_cache
 
     enable_compilation_cache()
     if args.smoke:

@@ -8,7 +8,7 @@ devices, dispatching steps far ahead of the host (reading a loss only every 50 s
 process within 3,000 steps: XLA:CPU's in-process all-reduce waited 40 s for the other device and
 aborted ("Termination timeout for `all reduce RendezvousKey...`"). The code before the one-device-
 per-core change deadlocked the same way when given 2 devices. A run reads step k's loss while step
-k+1 runs (scaling/run.py, scaling/pack.py), never more than two steps in flight, and ran 20,000
+k+1 runs (scaling/training/run.py, scaling/training/pack.py), never more than two steps in flight, and ran 20,000
 steps this way without a stall. Rerun this after a JAX upgrade; the process either prints "ok" or
 aborts with XLA's message after 40 s of no progress.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from scaling import cpu
+from scaling.launch import cpu
 from scaling.bench import bench_spec
 
 
@@ -35,8 +35,8 @@ def main() -> int:
     import jax
 
     from scaling import data as data_mod
-    from scaling import sharding as shd
-    from scaling import train as tr
+    from scaling.training import sharding as shd
+    from scaling.training import step as tr
 
     mesh = shd.make_mesh(spec.mesh)
     program = tr.build_program(spec, mesh)

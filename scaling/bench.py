@@ -30,8 +30,8 @@ def measure(spec: RunSpec, steps: int, warmup: int = 3) -> dict:
 
     from scaling import data as data_mod
     from scaling import hardware
-    from scaling import sharding as shd
-    from scaling import train as tr
+    from scaling.training import sharding as shd
+    from scaling.training import step as tr
     from scaling.flops import param_counts, training_flops_per_token
 
     source = data_mod.open_source("stdlib")
@@ -48,7 +48,7 @@ def measure(spec: RunSpec, steps: int, warmup: int = 3) -> dict:
         return program.train_step(params, opt_state, tr.to_global(local, sharding, shape))
 
     def steps_from(first, n):
-        # As a run does (scaling/run.py): step k's loss is read while step k+1 runs, never more
+        # As a run does (scaling/training/run.py): step k's loss is read while step k+1 runs, never more
         # than two steps in flight (deep queues can deadlock XLA:CPU's in-process all-reduce).
         nonlocal params, opt_state
         pending = None
@@ -79,7 +79,7 @@ def main(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from scaling import cpu
+    from scaling.launch import cpu
     specs = [bench_spec(n_layer, d_model, head_dim, seq_len=args.seq_len, batch_tokens=args.batch_tokens,
                         steps=args.steps) for n_layer, d_model, head_dim in DEFAULT_SHAPES]
     cpu.configure(specs)  # a CPU as a sweep's run sees it: one device per core

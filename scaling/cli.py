@@ -36,7 +36,7 @@ def _device_count() -> int:
 def _load(path: str, only: list[str] | None = None, args=None):
     """The sweep with command-line launcher settings applied, checked against the devices one run
     will get: this machine's for the local launcher, the sweep file's [slurm] / [ray] request else."""
-    from scaling.sweep import check_devices, load_sweep
+    from scaling.sweep.reader import check_devices, load_sweep
     sweep = load_sweep(path)
     if args is not None:
         sweep = _with_launcher_flags(sweep, args)
@@ -45,7 +45,7 @@ def _load(path: str, only: list[str] | None = None, args=None):
     runs = sweep.select(only) if only else sweep.runs
     if not runs:
         raise ConfigError(path, "", f"no run matches --only {' '.join(only)}")
-    from scaling.job import check_out_dir
+    from scaling.launch.job import check_out_dir
     check_out_dir(sweep, create=not getattr(args, "dry_run", False))
     return sweep, runs
 
@@ -70,24 +70,24 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         _print_plan(sweep, runs)
         if launcher == "slurm":
-            from scaling import slurm
-            from scaling.launch import SweepReport, pending_runs
+            from scaling.launch import slurm
+            from scaling.launch.report import SweepReport, pending_runs
             todo = pending_runs(sweep, runs, SweepReport())
             print(f"\n# The batch script that --launcher slurm would submit for the {len(todo)} unfinished runs:")
             print(slurm.sbatch_script(sweep, len(todo), args.max_parallel or sweep.max_parallel) if todo else
                   "# (none: every run is complete)")
         return 0
-    from scaling.launch import LaunchError
+    from scaling.launch.report import LaunchError
     t0 = time.perf_counter()
     try:
         if launcher == "slurm":
-            from scaling.slurm import run_slurm
+            from scaling.launch.slurm import run_slurm
             report = run_slurm(sweep, runs, max_parallel=args.max_parallel, wait=args.wait, quiet=args.quiet)
         elif launcher == "ray":
-            from scaling.ray_launcher import run_ray
+            from scaling.launch.ray_launcher import run_ray
             report = run_ray(sweep, runs, max_parallel=args.max_parallel, quiet=args.quiet)
         else:
-            from scaling.launch import run_local
+            from scaling.launch.local import run_local
             report = run_local(sweep, runs, max_parallel=args.max_parallel, quiet=args.quiet)
     except LaunchError as e:
         return _fail(str(e))
@@ -111,11 +111,11 @@ def _print_plan(sweep, runs) -> None:
 
     from scaling.flops import param_counts
     from scaling.hardware import peak_flops
-    from scaling.launch import ASSUMED_MFU as assumed_mfu, run_flops
+    from scaling.launch.report import ASSUMED_MFU as assumed_mfu, run_flops
     peak = peak_flops("float32")  # with an assumed utilisation: `scaling bench` measures the real one
     plan = None
     if sweep.branch:
-        from scaling.branch import plan as branch_plan
+        from scaling.sweep.branch_plan import plan as branch_plan
         plan = branch_plan(sweep.runs)
     table = Table(title=f"{sweep.name}: {len(runs)} runs -> {sweep.out_dir}")
     branch_cols = ("trained steps", "branch") if plan else ()
@@ -149,13 +149,13 @@ def _print_plan(sweep, runs) -> None:
 
 
 def cmd_run(args) -> int:
-    from scaling import preemption
-    from scaling.distributed import DistributedError
-    from scaling.job import run_one
+    from scaling.training import preemption
+    from scaling.launch.distributed import DistributedError
+    from scaling.launch.job import run_one
 
     jsonl = args.progress == "jsonl"
     if jsonl:  # a launcher's child: it stops with its parent
-        from scaling.launch import die_with_parent
+        from scaling.launch.local import die_with_parent
         die_with_parent()
     try:
         with preemption.stop_on_signals():
@@ -217,8 +217,8 @@ def _run_one(args, run_one) -> int:
 
 
 def _run_pack(args) -> int:
-    """Several --run-id: the runs train together in this process (scaling/pack.py)."""
-    from scaling.job import run_pack
+    """Several --run-id: the runs train together in this process (scaling/training/pack.py)."""
+    from scaling.launch.job import run_pack
     if args.distributed == "on" or args.coordinator or args.num_processes or args.process_id is not None:
         return _fail("several --run-id train together in one process: not with --distributed on or the "
                      "multi-host flags")
@@ -259,8 +259,8 @@ def cmd_status(args) -> int:
     root, planned = Path(args.results), []
     if root.is_file() or root.suffix == ".toml":
         from scaling import records
-        from scaling.run import base_row
-        from scaling.sweep import load_sweep
+        from scaling.records import base_row
+        from scaling.sweep.reader import load_sweep
         sweep = load_sweep(root)
         root, planned = Path(sweep.out_dir), [base_row(spec) for spec in sweep.runs]
         summaries = [p for r in planned if (p := records.run_dir(root, r["run_id"]) / "summary.parquet").exists()]

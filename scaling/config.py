@@ -59,7 +59,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class SyntheticConfig:
     """The known-entropy `synthetic` source: a Zipf-weighted mixture of random Markov chains of
-    several orders (scaling/synthetic.py; sweeps/README.md `[data.synthetic]`)."""
+    several orders (scaling/data/synthetic.py; sweeps/README.md `[data.synthetic]`)."""
 
     seed: int = 0
     components: int = 256
@@ -74,7 +74,7 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task mixed into the training data and probed (scaling/tasks.py). `params` are the task
+    """One task mixed into the training data and probed (scaling/data/tasks.py). `params` are the task
     class's own settings as sorted (key, value) pairs, so the spec stays hashable."""
 
     name: str
@@ -108,7 +108,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Generation at the end of a run from validation prompts (scaling/sampling.py)."""
+    """Generation at the end of a run from validation prompts (scaling/science/sampling.py)."""
 
     prompts: int = 16
     prompt_tokens: int = 32
@@ -130,7 +130,7 @@ class OptimConfig:
     """AdamW with global-norm clipping; the schedule's warmup and decay are fractions of the run.
 
     `warmup_steps`, when set, replaces `warmup * steps`: the runs of a branched WSD group
-    (scaling/branch.py) share one warmup in absolute steps, so their stable phases are identical."""
+    (scaling/sweep/branch_plan.py) share one warmup in absolute steps, so their stable phases are identical."""
 
     lr: float = 3e-3
     weight_decay: float = 0.1
@@ -173,7 +173,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class MeshConfig:
-    """Device mesh; see scaling/sharding.py for what each axis splits.
+    """Device mesh; see scaling/training/sharding.py for what each axis splits.
 
     `dp`: one axis `data` (parameters replicated). `fsdp`: one axis `fsdp` (parameters, optimizer
     state and batch split). `fsdp_tp`: axes `data` x `fsdp` x `tensor` (batch over data and fsdp,

@@ -107,7 +107,7 @@ def token_losses(logits_bsv, targets_bs, *, label_smoothing: float = 0.0, entrop
     nll_bs = -jnp.take_along_axis(logp_bsv, targets_bs[..., None], axis=-1)[..., 0]
     entropy_bs = -jnp.sum(jnp.exp(logp_bsv) * logp_bsv, axis=-1)
     objective_bs = nll_bs
-    # A coefficient may be a traced array (packed runs, scaling/pack.py): only a Python zero is skipped.
+    # A coefficient may be a traced array (packed runs, scaling/training/pack.py): only a Python zero is skipped.
     if not _is_python_zero(label_smoothing):
         uniform_bs = -jnp.mean(logp_bsv, axis=-1)
         objective_bs = (1.0 - label_smoothing) * nll_bs + label_smoothing * uniform_bs

@@ -7,15 +7,20 @@ A per-run lock file keeps two sweep processes from training the same run at once
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import fcntl
 import json
 import math
 import os
 import tempfile
+import traceback
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from scaling.config import RunSpec
+from scaling.flops import FLOPS_CONVENTION, param_counts
 
 # The fixed columns and their types; probe columns `probe/<task>/<metric>` (float64) are added freely.
 SCHEMA = pa.schema([
@@ -33,8 +38,8 @@ SCHEMA = pa.schema([
     ("wall_seconds", pa.float64()), ("tokens_per_second", pa.float64()), ("mfu", pa.float64()),
     ("peak_flops", pa.float64()), ("peak_flops_source", pa.string()), ("device_kind", pa.string()),
     ("n_devices", pa.int64()), ("mesh", pa.string()),
-    ("pack_size", pa.int64()),  # runs trained together in one program (scaling/pack.py); 1 alone
-    # WSD branching (scaling/branch.py): the trunk's run_id and the step this run left it at; null
+    ("pack_size", pa.int64()),  # runs trained together in one program (scaling/training/pack.py); 1 alone
+    # WSD branching (scaling/sweep/branch_plan.py): the trunk's run_id and the step this run left it at; null
     # for a run trained from step 0 on its own.
     ("branched_from", pa.string()), ("branch_step", pa.int64()),
 ])
@@ -186,3 +191,77 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def base_row(spec: RunSpec) -> dict:
+    """The columns that follow from the spec alone (no JAX needed)."""
+    m, counts = spec.model, param_counts(**dataclasses.asdict(spec.model))
+    return {
+        "run_id": spec.run_id, "sweep": spec.sweep, "seed": spec.seed, "data_seed": spec.data.data_seed,
+        "grid": spec.grid, "n_layer": m.n_layer, "d_model": m.d_model, "n_head": m.n_head, "d_ff": m.d_ff,
+        "vocab_size": m.vocab_size, "seq_len": m.seq_len, "n_params": counts.n_params,
+        "n_params_nonembed": counts.n_params_nonembed, "n_params_embed": counts.n_params_embed,
+        "batch_tokens": spec.batch_size * m.seq_len, "target_tokens": spec.steps * spec.batch_size * m.seq_len,
+        "flops_convention": FLOPS_CONVENTION,
+        "flops_budget": spec.flops_budget if spec.flops_budget is not None else math.nan, "pack_size": 1,
+        "branched_from": None, "branch_step": None,  # set where a run resumes from its trunk's seed
+    }
+
+
+def write_failure(spec: RunSpec, out_dir: str | Path, status: str, error: str) -> None:
+    """Mark a run failed (or diverged) even when it died before training started."""
+    path = run_dir(out_dir, spec.run_id)
+    summary = path / "summary.parquet"
+    row = read_rows(summary)[0] if read_status(path) else {**base_row(spec), "step": 0, "tokens": 0}
+    write_rows(summary, [{**row, "status": status, "error": error}])
+
+
+# errno values that say the results folder, not the run, is at fault, as the user should read them.
+_STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                   errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                   errno.EPERM: "operation not permitted"}
+
+
+def storage_problem(error: BaseException) -> str | None:
+    """'no space left on the device (writing <file>)' and the like, when `error` or an exception it
+    was raised from is a storage error: orbax reports a full disk as a ValueError whose text carries
+    the OS error, pyarrow as an OSError, Python's own writes as OSError with the errno set."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
+            where = f" (writing {error.filename})" if error.filename else ""
+            return _STORAGE_ERRNOS[error.errno] + where
+        text = str(error)
+        for code, phrase in _STORAGE_ERRNOS.items():
+            if os.strerror(code) in text or f"[Errno {code}]" in text:
+                return f"{phrase} (while writing the run's records or checkpoint)"
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def error_line(error: BaseException) -> str:
+    """The one line that the records and the sweep's report give for a run's error."""
+    problem = storage_problem(error)
+    if problem:
+        return problem
+    return f"{type(error).__name__}: {error}".splitlines()[0][:400]
+
+
+def record_error(spec: RunSpec, out_dir: str | Path, error: BaseException) -> str:
+    """Mark a run failed by the exception being handled: its traceback in the run's error.txt, its
+    first line (returned) in the  A full or read-only disk may refuse either write: the
+    temporary files of the failed write are removed first (they would keep a disk full), and what
+    cannot be written is left out; the returned line still reaches the sweep's report."""
+    message = error_line(error)
+    path = run_dir(out_dir, spec.run_id)
+    remove_temporaries(path)
+    try:
+        write_text(path / "error.txt", traceback.format_exc())
+    except OSError:
+        pass
+    try:
+        write_failure(spec, out_dir, "failed", message)
+    except OSError as e:
+        return f"{message}; the failure could not be recorded either ({error_line(e)})"
+    return message

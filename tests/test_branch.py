@@ -4,11 +4,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import write_sweep
-from scaling import branch as branching
+from scaling.sweep import branch_plan as branching
 from scaling import records
 from scaling.cli import main
-from scaling.run import Halt, train_run
-from scaling.sweep import load_sweep
+from scaling.training.run import Halt, train_run
+from scaling.sweep.reader import load_sweep
 
 BRANCHED = """
 [sweep]
@@ -133,7 +133,8 @@ def test_local_launcher_starts_branches_from_their_seeds(tmp_path, workers):
     """One worker: the trunk and its branches train in one process, trunk first (launch.branch_jobs);
     two: each branch in its own process, started once its seed is there."""
     from analysis import load_runs
-    from scaling.launch import SweepReport, local_jobs, run_local
+    from scaling.launch.local import local_jobs, run_local
+    from scaling.launch.report import SweepReport
     sweep = load_sweep(branched_sweep(tmp_path), device_count=1)
     trunk = max(sweep.runs, key=lambda s: s.steps)
     jobs = local_jobs(sweep, sweep.runs, SweepReport(), workers)

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from conftest import REPO, tiny_sweep
 from scaling import records
-from scaling.sweep import load_sweep
+from scaling.sweep.reader import load_sweep
 
 
 def scaling(*args, cwd, timeout=300, **kw):
@@ -41,7 +41,7 @@ def test_smoke_sweep_end_to_end_then_rerun_skips(tmp_path):
 
 def test_status_of_a_sweep_file_lists_every_run_of_its_grid(tmp_path, capsys):
     from scaling.cli import main
-    from scaling.run import write_failure
+    from scaling.records import write_failure
     path = tiny_sweep(tmp_path, more_models=", { n_layer = 2, d_model = 32 }")
     sweep = load_sweep(path)
     write_failure(sweep.runs[1], sweep.out_dir, "failed", "out of memory")
@@ -80,7 +80,7 @@ def test_sigkill_mid_run_then_rerun_resumes_to_the_same_losses(tmp_path):
     rerun = scaling("sweep", sweep_path, "-q", cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     resumed = summaries(tmp_path / "out")[spec.run_id]
-    # The same run uninterrupted, launched the same way (the same CPU devices: scaling/cpu.py).
+    # The same run uninterrupted, launched the same way (the same CPU devices: scaling/launch/cpu.py).
     (tmp_path / "ref").mkdir()
     ref_path = tiny_sweep(tmp_path / "ref", tokens=128 * 120)
     assert scaling("sweep", ref_path, "-q", cwd=tmp_path).returncode == 0

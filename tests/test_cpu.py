@@ -1,12 +1,12 @@
-"""One CPU device per core (scaling/cpu.py): how many each run gets, and that a user's choice wins."""
+"""One CPU device per core (scaling/launch/cpu.py): how many each run gets, and that a user's choice wins."""
 
 import dataclasses
 
 import pytest
 
 from conftest import tiny_sweep
-from scaling import cpu
-from scaling.sweep import load_sweep
+from scaling.launch import cpu
+from scaling.sweep.reader import load_sweep
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Data sources, the train/val split, the stateless permutation and batches (scaling/data.py)."""
+"""Data sources, the train/val split, the stateless permutation and batches (scaling/data/sources.py)."""
 
 import json
 import os
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from scaling import data
-from scaling.data import Batcher, DataError, check_source, open_source, permute, validation_windows
+from scaling.data.batches import Batcher, permute, validation_windows
+from scaling.data.sources import DataError, check_source, open_source
 
 
 @pytest.fixture(autouse=True)

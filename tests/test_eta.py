@@ -1,10 +1,10 @@
-"""The sweep ETA's cost model (scaling/eta.py) against simulated sweeps whose true timings are known."""
+"""The sweep ETA's cost model (scaling/launch/eta.py) against simulated sweeps whose true timings are known."""
 
 import heapq
 
 import pytest
 
-from scaling.eta import Eta, RunCost, format_seconds
+from scaling.launch.eta import Eta, RunCost, format_seconds
 
 # The simulated machine: 10 GFLOP/s, 3 ms a step, 5 s to start a run, 0.4 s of fixed cost per eval.
 U, A, STARTUP, P = 1e-10, 3e-3, 5.0, 0.4

@@ -25,10 +25,10 @@ import pytest
 
 from conftest import tiny_sweep
 from scaling import cli, records
-from scaling import sharding as shd
+from scaling.training import sharding as shd
 from scaling.config import MeshConfig, MeshError
-from scaling.slurm import RunTask, run_slurm  # imports submitit now: it configures logging on import
-from scaling.sweep import load_sweep
+from scaling.launch.slurm import RunTask, run_slurm
+from scaling.sweep.reader import load_sweep
 
 THREE_RUNS = ", { n_layer = 1, d_model = 32 }, { n_layer = 2, d_model = 16 }"
 
@@ -145,7 +145,7 @@ def test_submitit_local_jobs_run_the_sweep_two_at_a_time(tmp_path, monkeypatch):
 def test_a_preempted_job_requeues_and_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     import submitit
 
-    from scaling.run import train_run
+    from scaling.training.run import train_run
     monkeypatch.chdir(tmp_path)
     sweep_path = tiny_sweep(tmp_path, tokens=128 * 60)
     spec = load_sweep(sweep_path, device_count=1).runs[0]
@@ -194,7 +194,7 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # Ray starts its processes with fork + exec
 def test_ray_runs_the_sweep_on_a_local_instance(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'scaling[ray]')")
-    from scaling.ray_launcher import run_ray
+    from scaling.launch.ray_launcher import run_ray
     monkeypatch.chdir(tmp_path)
     sweep = load_sweep(tiny_sweep(tmp_path, more_models=", { n_layer = 1, d_model = 32 }"), device_count=1)
     _break_checkpoint(sweep, sweep.runs[1])

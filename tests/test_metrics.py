@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 from conftest import tiny_sweep
-from scaling import metrics
-from scaling import sharding as shd
-from scaling import train as tr
+from scaling.science import metrics
+from scaling.training import sharding as shd
+from scaling.training import step as tr
 from scaling.config import MeshConfig
-from scaling.data import Batcher, open_source, validation_windows
-from scaling.sweep import load_sweep
+from scaling.data.batches import Batcher, validation_windows
+from scaling.data.sources import open_source
+from scaling.sweep.reader import load_sweep
 
 
 def test_entropy_by_hand():

@@ -27,7 +27,7 @@ import pytest
 
 from conftest import tiny_sweep
 from scaling import records
-from scaling.sweep import load_sweep
+from scaling.sweep.reader import load_sweep
 
 TIMEOUT = 300
 TOL = 1e-5
@@ -201,7 +201,7 @@ def test_a_run_stopped_on_four_devices_resumes_on_two(runs):
 
 
 # One of two processes of a run, under the stop signal's deferral as a SLURM task runs
-# (scaling/slurm.py), with a stand-in for submitit's handler that exits with its requeue code. The
+# (scaling/launch/slurm.py), with a stand-in for submitit's handler that exits with its requeue code. The
 # signal comes while the step-10 checkpoint is being written: the write must finish first.
 PREEMPTED_PROCESS = """
     import json, os, signal, sys

@@ -1,4 +1,4 @@
-"""Packed runs (scaling/pack.py): runs that differ only in seed or scalar hyper-parameters train in one
+"""Packed runs (scaling/training/pack.py): runs that differ only in seed or scalar hyper-parameters train in one
 vmapped program, and each writes exactly the records it would write alone."""
 
 import dataclasses
@@ -13,10 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO, write_sweep
-from scaling import cli, cpu, records
-from scaling.pack import PackError, check_packable, plan_packs, run_pack_and_record, train_pack
-from scaling.run import Halt, train_run
-from scaling.sweep import load_sweep
+from scaling import cli, records
+from scaling.launch import cpu
+from scaling.sweep.pack_plan import plan_packs
+from scaling.training.pack import PackError, check_packable, run_pack_and_record, train_pack
+from scaling.training.run import Halt, train_run
+from scaling.sweep.reader import load_sweep
 
 # 12 steps of 8 sequences; evaluations (and checkpoints) at steps 1, 3 and 12.
 SWEEP = """
@@ -126,7 +128,7 @@ assert [x["status"] for x in train_pack(specs, sys.argv[2])] == ["complete"] * 4
 
 
 def test_a_pack_splits_its_batch_over_two_devices_and_matches_lone_runs(lone, tmp_path):
-    """The CPU's one-device-per-core mesh (scaling/cpu.py): each member's rows split over the devices,
+    """The CPU's one-device-per-core mesh (scaling/launch/cpu.py): each member's rows split over the devices,
     gradients summed once per step; the records still equal the lone runs' on one device."""
     specs, lone_out = lone
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
@@ -179,7 +181,7 @@ def test_sweep_with_pack_trains_its_runs_in_one_process(tmp_path):
         assert summary["status"] == "complete"
         pack = tuple(json.loads((path / "config.json").read_text())["pack"])
         assert summary["pack_size"] == len(pack) and spec.run_id in pack
-        # The launcher gave the pack's process one CPU device per core (scaling/cpu.py).
+        # The launcher gave the pack's process one CPU device per core (scaling/launch/cpu.py).
         assert summary["n_devices"] == cpu.devices_per_run(runs, 1)
         packs[pack] = packs.get(pack, 0) + 1
     assert list(packs.values()) == [4]  # one pack, one process: the sweep ran 4 runs at once with max_parallel 1

@@ -11,9 +11,10 @@ import signal
 import pytest
 
 from conftest import tiny_sweep
-from scaling import preemption, records
-from scaling.checkpoint import Checkpoints
-from scaling.sweep import load_sweep
+from scaling import records
+from scaling.training import preemption
+from scaling.training.checkpoint import Checkpoints
+from scaling.sweep.reader import load_sweep
 
 
 class Requeued(BaseException):
@@ -39,7 +40,7 @@ def _signal_self():
 
 
 def test_a_run_stops_at_the_next_step_saves_it_and_resumes_to_the_uninterrupted_result(tmp_path, handler):
-    from scaling.run import train_run
+    from scaling.training.run import train_run
     spec = load_sweep(tiny_sweep(tmp_path), device_count=1).runs[0]
     assert spec.steps == 25 and spec.train.checkpoint_every == 10
     whole = train_run(spec, tmp_path / "whole")
@@ -68,7 +69,7 @@ def test_a_run_stops_at_the_next_step_saves_it_and_resumes_to_the_uninterrupted_
 
 
 def test_a_signal_during_a_checkpoint_write_waits_for_the_write(tmp_path, handler, monkeypatch):
-    from scaling.run import train_run
+    from scaling.training.run import train_run
     spec = load_sweep(tiny_sweep(tmp_path), device_count=1).runs[0]
     real_save = Checkpoints.save
     seen = []

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO, write_sweep
-from scaling import metrics, probes, records, sampling
+from scaling import records
+from scaling.science import metrics, probes, sampling
 from scaling.config import ModelConfig, TasksConfig, TaskSpec
 
 CFG = ModelConfig(n_layer=1, d_model=16, n_head=2, d_ff=32, vocab_size=256, seq_len=48)
@@ -61,7 +62,7 @@ def test_probe_pass_matches_the_module_and_plain_greedy_decoding():
     from flax import nnx
 
     from scaling.model import GPT
-    from scaling.train import _flatten, _unflatten
+    from scaling.training.step import _flatten, _unflatten
     model = GPT(CFG, rngs=nnx.Rngs(0))
     params = {k: v * 5 if v.ndim == 2 else v for k, v in _flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param))).items()}
     p = probes.Probes(TASKS, CFG, chunk=8)
@@ -124,8 +125,8 @@ tokens = [3840]
 
 
 def test_a_run_records_probes_calibration_and_samples(tmp_path):
-    from scaling.run import train_run
-    from scaling.sweep import load_sweep
+    from scaling.training.run import train_run
+    from scaling.sweep.reader import load_sweep
 
     sweep = load_sweep(write_sweep(tmp_path / "p.toml", SWEEP.format(out=tmp_path / "out", repo=REPO)), device_count=1)
     spec = sweep.runs[0]

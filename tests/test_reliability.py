@@ -21,7 +21,7 @@ import pytest
 
 from conftest import REPO, tiny_sweep
 from scaling import records
-from scaling.sweep import load_sweep
+from scaling.sweep.reader import load_sweep
 
 SHIPPED_RUN = "L1-d16-t4e6-s0-c93cce49"  # the smallest run of the shipped kaplan sweep
 
@@ -63,8 +63,8 @@ def test_scaling_run_on_a_complete_run_says_so_exits_0_and_changes_no_byte(shipp
 def test_a_run_found_complete_under_its_lock_is_left_alone_lone_or_packed(shipped_copy):
     """A second sweep process that picked the run before the first one completed it: the status is
     read again under the lock, by the lone path and by the packed one."""
-    from scaling.pack import run_pack_and_record
-    from scaling.run import run_and_record
+    from scaling.training.pack import run_pack_and_record
+    from scaling.training.run import run_and_record
     sweep = load_sweep(shipped_copy / "sweeps" / "kaplan.toml")
     spec = next(s for s in sweep.runs if s.run_id == SHIPPED_RUN)
     out_dir = shipped_copy / "results" / "kaplan"
@@ -151,7 +151,7 @@ def test_a_read_only_results_folder_is_refused_before_anything_trains(tmp_path, 
 
 
 def test_storage_errors_read_as_one_plain_line():
-    from scaling.run import error_line
+    from scaling.records import error_line
     assert error_line(OSError(errno.ENOSPC, "No space left on device", "/r/summary.parquet")) == \
         "no space left on the device (writing /r/summary.parquet)"
     # orbax reports a full disk as a ValueError carrying the OS error's text
@@ -169,7 +169,6 @@ def test_storage_errors_read_as_one_plain_line():
 
 
 def test_a_failure_that_cannot_be_recorded_still_returns_its_line(tmp_path, monkeypatch):
-    from scaling import run as run_mod
     spec = load_sweep(tiny_sweep(tmp_path)).runs[0]
     folder = records.run_dir(tmp_path / "out", spec.run_id)
     folder.mkdir(parents=True)
@@ -182,7 +181,7 @@ def test_a_failure_that_cannot_be_recorded_still_returns_its_line(tmp_path, monk
     try:
         raise OSError(errno.ENOSPC, "No space left on device", str(folder / "history.parquet"))
     except OSError as e:
-        line = run_mod.record_error(spec, tmp_path / "out", e)
+        line = records.record_error(spec, tmp_path / "out", e)
     assert line.startswith("no space left on the device (writing ") and "could not be recorded" in line
     assert not (folder / ".summary.parquet.abc.tmp").exists()
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from scaling import sampling
+from scaling.science import sampling
 from scaling.config import ModelConfig, SamplingConfig
 from scaling.model import GPT
-from scaling.train import _flatten, _unflatten
+from scaling.training.step import _flatten, _unflatten
 
 CFG = ModelConfig(n_layer=2, d_model=32, n_head=4, d_ff=64, vocab_size=256, seq_len=24)
 

@@ -20,7 +20,7 @@ import pytest
 
 from scaling import cli
 from scaling.flops import param_counts, training_flops_per_token
-from scaling.sweep import load_sweep
+from scaling.sweep.reader import load_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "sweeps").glob("*.toml"))

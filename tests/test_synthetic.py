@@ -10,8 +10,9 @@ import pytest
 from conftest import write_sweep
 from scaling import records
 from scaling.config import SyntheticConfig
-from scaling.data import open_source, validation_windows
-from scaling.synthetic import SEPARATOR, Process, build_process
+from scaling.data.batches import validation_windows
+from scaling.data.sources import open_source
+from scaling.data.synthetic import SEPARATOR, Process, build_process
 
 SMALL = SyntheticConfig(seed=3, components=6, zipf_exponent=1.0, alphabet=4, orders=(1, 2, 3), concentration=0.3,
                         end_prob=0.05, train_tokens=20_000, val_tokens=20_000)
@@ -178,8 +179,8 @@ tokens = [8e4]
 
 
 def test_a_trained_model_does_not_beat_the_optimum(tmp_path):
-    from scaling.run import train_run
-    from scaling.sweep import load_sweep
+    from scaling.training.run import train_run
+    from scaling.sweep.reader import load_sweep
 
     sweep = load_sweep(write_sweep(tmp_path / "s.toml", SWEEP.format(out=tmp_path / "out")), device_count=1)
     spec = sweep.runs[0]
@@ -195,7 +196,7 @@ def test_a_trained_model_does_not_beat_the_optimum(tmp_path):
 
 def test_bad_synthetic_settings_are_config_errors(tmp_path):
     from scaling.config import ConfigError
-    from scaling.sweep import load_sweep
+    from scaling.sweep.reader import load_sweep
 
     text = SWEEP.format(out=tmp_path / "out")
     for old, new, key in [("orders = [1]", "orders = [1, 9]", "data.synthetic.orders"),

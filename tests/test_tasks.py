@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import write_sweep
-from scaling import tasks
+from scaling.data import tasks
 from scaling.config import ConfigError, SyntheticConfig, TasksConfig, TaskSpec
-from scaling.data import open_source
-from scaling.probes import chance_levels
+from scaling.data.sources import open_source
+from scaling.science.probes import chance_levels
 
 
 def _spec(kind, name=None, **params):
@@ -146,7 +146,7 @@ tokens = [1e5]
     ("[data.tasks.copy]\nspan = 3", "data.tasks.copy.span"),
 ])
 def test_bad_task_settings_are_config_errors(tmp_path, extra, key):
-    from scaling.sweep import load_sweep
+    from scaling.sweep.reader import load_sweep
     path = write_sweep(tmp_path / "t.toml", SWEEP.format(out=tmp_path / "out", extra=extra))
     with pytest.raises(ConfigError) as e:
         load_sweep(path)
@@ -154,7 +154,7 @@ def test_bad_task_settings_are_config_errors(tmp_path, extra, key):
 
 
 def test_task_tables_resolve_and_change_the_run_id(tmp_path):
-    from scaling.sweep import load_sweep
+    from scaling.sweep.reader import load_sweep
     extra = "[data.tasks.addition]\n[data.tasks.add_cot]\nkind = 'addition'\nformat = 'scratchpad'\nweight = 2.0"
     with_tasks = load_sweep(write_sweep(tmp_path / "a.toml", SWEEP.format(out=tmp_path, extra=extra))).runs[0]
     specs = {t.name: t for t in with_tasks.data.tasks.tasks}

@@ -10,12 +10,13 @@ import pytest
 
 from conftest import tiny_sweep
 from scaling import records
-from scaling import sharding as shd
-from scaling import train as tr
-from scaling.config import MeshConfig
-from scaling.data import Batcher, open_source
-from scaling.run import Halt, run_and_record, train_run
-from scaling.sweep import load_sweep
+from scaling.training import sharding as shd
+from scaling.training import step as tr
+from scaling.config import MeshConfig, eval_steps
+from scaling.data.batches import Batcher
+from scaling.data.sources import open_source
+from scaling.training.run import Halt, run_and_record, train_run
+from scaling.sweep.reader import load_sweep
 
 
 def _losses(spec, n_steps=3):
@@ -74,7 +75,7 @@ def test_training_is_deterministic_and_resume_is_bitwise(tmp_path):
         assert resumed[key] == whole[key], key  # bitwise on CPU
     ha = pq.read_table(records.run_dir(tmp_path / "a", spec.run_id) / "history.parquet").to_pandas()
     hb = pq.read_table(records.run_dir(tmp_path / "b", spec.run_id) / "history.parquet").to_pandas()
-    assert list(ha["step"]) == list(hb["step"]) == tr.eval_steps(spec.steps, spec.train.eval_points)
+    assert list(ha["step"]) == list(hb["step"]) == eval_steps(spec.steps, spec.train.eval_points)
     assert list(ha["val_loss"]) == list(hb["val_loss"])
     # Completed runs leave no checkpoints behind unless asked to.
     assert not (records.run_dir(tmp_path / "a", spec.run_id) / "checkpoints").exists()
@@ -134,7 +135,7 @@ def test_divergence_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 def test_eval_steps_are_log_spaced_and_end_at_the_last_step():
-    steps = tr.eval_steps(1000, 10)
+    steps = eval_steps(1000, 10)
     assert steps[0] == 1 and steps[-1] == 1000 and steps == sorted(set(steps))
     ratios = np.diff(np.log(steps))
     assert ratios.max() < 1.0

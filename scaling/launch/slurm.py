@@ -1,11 +1,11 @@
 """The slurm launcher: one SLURM job array per sweep, through submitit.
 
-Each array task runs one run the way `scaling run` does (scaling/job.py), on `nodes` x
-`gpus_per_node` devices with one process per GPU (JAX joins them: scaling/distributed.py). At most
+Each array task runs one run the way `scaling run` does (scaling/launch/job.py), on `nodes` x
+`gpus_per_node` devices with one process per GPU (JAX joins them: scaling/launch/distributed.py). At most
 `max_parallel` tasks run at once (`#SBATCH --array=0-N%max_parallel`).
 
 Preemption and time-outs: SLURM sends SIGUSR2 `signal_delay_s` before it kills the job. A run in
-one process finishes its step, saves a checkpoint of it and stops (scaling/preemption.py); submitit
+one process finishes its step, saves a checkpoint of it and stops (scaling/training/preemption.py); submitit
 then calls the task's `checkpoint()`, which resubmits the same task, and requeues the job. The task
 starts again and the runner resumes from that checkpoint, so no step is trained twice. A run over
 several processes is stopped by submitit at once (after any checkpoint being written) and resumes
@@ -25,8 +25,8 @@ from pathlib import Path
 import submitit
 
 from scaling.config import SlurmConfig
-from scaling.launch import LaunchError, SweepReport, finish_run, pending_runs
-from scaling.sweep import SweepConfig
+from scaling.launch.report import LaunchError, SweepReport, finish_run, pending_runs
+from scaling.sweep.reader import SweepConfig
 
 # How often the waiting launcher asks about its jobs (submitit caches `sacct` between asks).
 POLL_SECONDS = {"slurm": 30.0, "local": 1.0, "debug": 0.0}
@@ -42,8 +42,8 @@ class RunTask(submitit.helpers.Checkpointable):
         self.sweep_path, self.run_id, self.cwd, self.distributed = sweep_path, run_id, cwd, distributed
 
     def __call__(self) -> dict:
-        from scaling import preemption
-        from scaling.job import outcome, run_one
+        from scaling.training import preemption
+        from scaling.launch.job import outcome, run_one
         with preemption.deferred():  # SIGUSR2 stops the run between steps, then submitit requeues
             return outcome(run_one(self.sweep_path, self.run_id, cwd=self.cwd, distributed=self.distributed))
         # Reached only where submitit's handler returned instead of exiting (a task of rank > 0).

@@ -1,6 +1,6 @@
 """Metrics of predictions and generations, in numpy (host side; no JAX).
 
-The training-time versions of entropy and ECE run inside the jitted eval step (scaling/train.py);
+The training-time versions of entropy and ECE run inside the jitted eval step (scaling/training/step.py);
 these are the definitions they are tested against, and what probes and sampling use.
 """
 
@@ -22,7 +22,7 @@ def entropy(probs: np.ndarray) -> np.ndarray:
 
 def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS) -> dict:
     """Per equal-width bin of top-1 confidence: count, summed confidence, summed correctness (the
-    layout scaling/train.py accumulates). A confidence of exactly 1 falls in the last bin."""
+    layout scaling/training/step.py accumulates). A confidence of exactly 1 falls in the last bin."""
     confidence = np.asarray(confidence, dtype=np.float64).ravel()
     correct = np.asarray(correct, dtype=np.float64).ravel()
     bins = np.clip(np.floor(confidence * n_bins).astype(np.int64), 0, n_bins - 1)

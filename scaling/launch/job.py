@@ -1,5 +1,5 @@
 """One run of a sweep, started the same way by every launcher: `scaling run`, a SLURM array task
-(scaling/slurm.py), a Ray task (scaling/ray_launcher.py).
+(scaling/launch/slurm.py), a Ray task (scaling/launch/ray_launcher.py).
 
 The sweep file is read again where the run starts, and validated against the devices that the run
 really has there (after `jax.distributed` has joined the hosts, so the count is global).
@@ -29,13 +29,13 @@ def run_one(sweep_path: str | Path, run_id: str, *, on_step: Callable[[dict], No
         except OSError as e:
             raise ConfigError(str(sweep_path), "", f"cannot enter the sweep's folder {cwd} on this machine "
                               f"({e.strerror}); launchers need a filesystem shared with the submitting host") from None
-    from scaling import distributed as dist
+    from scaling.launch import distributed as dist
     dist.initialize(distributed, coordinator=coordinator, num_processes=num_processes, process_id=process_id)
 
     import jax
 
-    from scaling.run import run_and_record
-    from scaling.sweep import load_sweep
+    from scaling.training.run import run_and_record
+    from scaling.sweep.reader import load_sweep
     sweep = load_sweep(sweep_path, device_count=jax.device_count())
     spec = next((s for s in sweep.runs if s.run_id == run_id), None)
     if spec is None:
@@ -46,7 +46,7 @@ def run_one(sweep_path: str | Path, run_id: str, *, on_step: Callable[[dict], No
         on_step = None  # one progress report per run, from the process that writes its records
     plan = None
     if sweep.branch:
-        from scaling.branch import plan as branch_plan
+        from scaling.sweep.branch_plan import plan as branch_plan
         plan = branch_plan(sweep.runs)
     return run_and_record(spec, sweep.out_dir, on_step=on_step, plan=plan)
 
@@ -67,13 +67,13 @@ def outcome(result: dict) -> dict:
 
 def run_pack(sweep_path: str | Path, run_ids: list[str], *, on_step: Callable[[dict], None] | None = None) -> list[dict]:
     """Train runs `run_ids` of the sweep file together in this one process, as packs where they may
-    share one (scaling/pack.py), or, in a branched sweep, a trunk and its branches one after another;
+    share one (scaling/training/pack.py), or, in a branched sweep, a trunk and its branches one after another;
     return each run's summary, in order. One process, no
     `jax.distributed`. Raises ConfigError for an unknown run id."""
     import jax
 
-    from scaling.pack import run_pack_and_record
-    from scaling.sweep import load_sweep
+    from scaling.training.pack import run_pack_and_record
+    from scaling.sweep.reader import load_sweep
     sweep = load_sweep(sweep_path, device_count=jax.device_count())
     by_id = {s.run_id: s for s in sweep.runs}
     for run_id in run_ids:
@@ -84,8 +84,8 @@ def run_pack(sweep_path: str | Path, run_ids: list[str], *, on_step: Callable[[d
         # A trunk and its branches (launch.local_jobs): one after another in this process, the
         # trunk first, each branch resuming from the seed the trunk wrote. One process start-up
         # and one loaded compiled step for the group instead of one per run.
-        from scaling.branch import plan as branch_plan
-        from scaling.run import run_and_record
+        from scaling.sweep.branch_plan import plan as branch_plan
+        from scaling.training.run import run_and_record
         plan = branch_plan(sweep.runs)
         results = []
         for run_id in run_ids:

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from scaling.config import SyntheticConfig
-from scaling.splitcache import write_split
+from scaling.data.splitcache import write_split
 
 SEPARATOR = 0
 VOCAB_SIZE = 256
@@ -276,7 +276,7 @@ def _prefix_tables(pi: np.ndarray, a: int, k: int) -> list[np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------------------
-# As a token source (cached on disk like the byte corpora of scaling/data.py)
+# As a token source (cached on disk like the byte corpora of scaling/data/sources.py)
 
 
 def _key(config: SyntheticConfig) -> str:

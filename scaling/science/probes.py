@@ -22,7 +22,7 @@ cost a few steps.
 
 All items of all tasks are scored together in fixed-size chunks by one compiled pass per run,
 whatever the number of tasks: a forward over prompt + target gives the teacher-forced metrics and
-the key-value cache from which greedy decoding continues each prompt (scaling/sampling.py).
+the key-value cache from which greedy decoding continues each prompt (scaling/science/sampling.py).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scaling import metrics, sampling
-from scaling import tasks as tasks_mod
+from scaling.science import metrics, sampling
+from scaling.data import tasks as tasks_mod
 from scaling.config import ModelConfig, TasksConfig
 
 NEWLINE = ord("\n")

@@ -18,8 +18,8 @@ import optax
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from scaling import sharding as shd
-from scaling.config import OptimConfig, RunSpec, decay_steps, eval_steps  # noqa: F401 (eval_steps: part of this API)
+from scaling.training import sharding as shd
+from scaling.config import OptimConfig, RunSpec, decay_steps
 from scaling.model import GPT, token_losses
 
 ECE_BINS = 15  # equal-width confidence bins (Guo et al. 2017)
@@ -216,7 +216,7 @@ def make_train_step(forward: Callable, tx: optax.GradientTransformation, n_micro
                     entropy_coef=0.0, *, mesh: jax.sharding.Mesh | None = None) -> Callable:
     """The pure step (params, opt_state, batch [n_micro, B, S+1]) -> (params, opt_state, metrics).
     `forward(params, inputs_bs)` gives logits. The optimizer's hyper-parameters and the objective's
-    coefficients may be traced arrays: scaling/pack.py vmaps this step over packed runs.
+    coefficients may be traced arrays: scaling/training/pack.py vmaps this step over packed runs.
 
     `mesh` (data parallelism with replicated parameters, see `local_accumulation`): each device
     accumulates the gradients of its own rows over all micro-batches and the devices sum them once

@@ -3,7 +3,7 @@ existing Ray cluster. The runner never starts or sizes the cluster.
 
 Each task runs in a fresh worker process (`max_calls=1`: JAX's device state and compiled programs
 die with it, as in the local launcher) and runs one run the way `scaling run` does
-(scaling/job.py), on the GPUs Ray gives it (`[ray] num_gpus`; Ray sets CUDA_VISIBLE_DEVICES). One
+(scaling/launch/job.py), on the GPUs Ray gives it (`[ray] num_gpus`; Ray sets CUDA_VISIBLE_DEVICES). One
 run is one process here: a run spanning hosts goes through SLURM or `scaling run --coordinator`.
 At most `max_parallel` tasks are in flight. Workers read the sweep file and write the records
 where the driver sees them: the cluster needs a shared filesystem, as SLURM does.
@@ -14,12 +14,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from scaling.launch import LaunchError, SweepReport, finish_run, pending_runs
-from scaling.sweep import SweepConfig
+from scaling.launch.report import LaunchError, SweepReport, finish_run, pending_runs
+from scaling.sweep.reader import SweepConfig
 
 
 def _run_task(sweep_path: str, run_id: str, cwd: str) -> dict:
-    from scaling.job import outcome, run_one
+    from scaling.launch.job import outcome, run_one
     return outcome(run_one(sweep_path, run_id, cwd=cwd, distributed="off"))
 
 

@@ -1,127 +1,27 @@
 """The local launcher: every run in its own process, at most `max_parallel` at once; and the sweep
-report that every launcher (local, scaling/slurm.py, scaling/ray_launcher.py) fills in.
+report that every launcher (local, scaling/launch/slurm.py, scaling/launch/ray_launcher.py) fills in.
 
 A crash or out-of-memory in one run cannot take the sweep down: the parent records it as failed and
 goes on. Children report progress as JSON lines on stdout; the parent draws one rich progress view
 (the sweep's runs and ETA, and each active run's step, loss and tokens/s), or plain lines in quiet mode.
 """
-
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import json
-import math
 import os
 import selectors
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 
-from scaling import cpu, records
+from scaling import records
+from scaling.launch import cpu
 from scaling.config import RunSpec
-from scaling.flops import training_flops_per_token
-from scaling.run import write_failure
-from scaling.sweep import SweepConfig
-
-DONE = records.DONE
-# The utilisation assumed before any step is measured (dry-run estimates, the ETA's prior).
-ASSUMED_MFU = 0.15
-
-
-class LaunchError(Exception):
-    """A launcher cannot start its runs at all (no cluster, sbatch refused, Ray missing): one line."""
-
-
-def run_flops(spec: RunSpec) -> float:
-    return training_flops_per_token(**dataclasses.asdict(spec.model)) * spec.steps * spec.batch_size * spec.model.seq_len
-
-
-@dataclass
-class SweepReport:
-    skipped: list[str] = field(default_factory=list)
-    complete: list[str] = field(default_factory=list)
-    diverged: list[str] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    locked: list[str] = field(default_factory=list)
-    # Runs handed to a cluster (slurm, ray). When the launcher returns without waiting for them
-    # (`awaited` False), their outcome is in the records: `scaling status <out_dir>`.
-    submitted: list[str] = field(default_factory=list)
-    awaited: bool = True
-    notes: list[str] = field(default_factory=list)  # job ids, log folders, where to look next
-    max_running: int = 0  # the most runs this launcher had going at once
-    # A local sweep stopped by SIGINT / SIGTERM: the signal, and the runs it stopped at a checkpoint.
-    stopped_by: int | None = None
-    interrupted: list[str] = field(default_factory=list)
-
-    def record(self, run_id: str, status: str, error: str | None) -> None:
-        {"complete": self.complete, "diverged": self.diverged, "locked": self.locked,
-         "interrupted": self.interrupted}.get(status, []).append(run_id)
-        if status not in ("complete", "diverged", "locked", "interrupted"):
-            self.failed.append((run_id, error or status))
-
-    def lines(self) -> list[str]:
-        if self.awaited:
-            out = [(f"submitted {len(self.submitted)}: " if self.submitted else "")
-                   + f"complete {len(self.complete)}, skipped (already done) {len(self.skipped)}, "
-                   f"diverged {len(self.diverged)}, failed {len(self.failed)}"
-                   + (f", running elsewhere {len(self.locked)}" if self.locked else "")]
-        else:
-            out = [f"submitted {len(self.submitted)}, skipped (already done) {len(self.skipped)}, "
-                   f"failed {len(self.failed)}"]
-        out += [f"  failed {run_id}: {err}" for run_id, err in self.failed]
-        out += [f"  diverged {run_id}" for run_id in self.diverged]
-        out += [f"  {note}" for note in self.notes]
-        return out
-
-
-def finish_run(report: SweepReport, sweep: SweepConfig, spec: RunSpec, status: str | None, error: str | None) -> str:
-    """Record one run's outcome as its launcher saw it. A run that ended without saying how (a killed
-    process, a failed job) is marked failed in its records too, unless its records say it finished
-    or another process has taken it up since."""
-    if status is None:
-        status, error = "failed", error or "the run ended without a result"
-        recorded = mark_failed(sweep.out_dir, spec, error)
-        if recorded in DONE:
-            status, error = recorded, None
-    report.record(spec.run_id, status, error)
-    return status
-
-
-def mark_failed(out_dir, spec: RunSpec, error: str) -> str | None:
-    """Write status failed into a run's records, under its lock, unless they say it is complete or
-    diverged (that status is returned) or another process holds the run. A disk that refuses the
-    write leaves the records as they are: the sweep's report still names the failure."""
-    path = records.run_dir(out_dir, spec.run_id)
-    try:
-        lock = records.RunLock(path)
-        if not lock.acquire():
-            return None
-    except OSError:
-        return None
-    try:
-        status = records.read_status(path)
-        if status not in DONE:
-            records.remove_temporaries(path)
-            write_failure(spec, out_dir, "failed", error)
-        return status
-    except OSError:
-        return None
-    finally:
-        lock.release()
-
-
-def pending_runs(sweep: SweepConfig, runs, report: SweepReport) -> list[RunSpec]:
-    todo = []
-    for spec in runs:
-        if records.read_status(records.run_dir(sweep.out_dir, spec.run_id)) in DONE:
-            report.skipped.append(spec.run_id)
-        else:
-            todo.append(spec)
-    # Longest first: the sweep's wall time approaches total work / workers (LPT scheduling).
-    return sorted(todo, key=run_flops, reverse=True)
+from scaling.sweep.reader import SweepConfig
+from scaling.launch.display import Display
+from scaling.launch.report import SweepReport, finish_run, pending_runs, run_flops
 
 
 def die_with_parent():
@@ -133,106 +33,15 @@ def die_with_parent():
         pass
 
 
-class _Display:
-    """The sweep's progress: one bar over the sweep's FLOPs with a learned ETA (scaling/eta.py), one
-    bar per active run; or, quiet, one line per start and finish with the ETA."""
-
-    def __init__(self, todo: list[RunSpec], workers: int, quiet: bool, on_eta=None):
-        from scaling.eta import Eta, RunCost
-        from scaling.hardware import peak_flops
-
-        self.quiet, self.n_runs, self.done, self.on_eta = quiet, len(todo), 0, on_eta
-        self.started: set[str] = set()
-        self.t0 = time.monotonic()
-        self._eta_at, self._eta_last = -math.inf, "ETA ?"
-        self.eta = Eta(workers=workers, prior_flops_per_second=ASSUMED_MFU * peak_flops("float32").flops_per_second)
-        self.eta.plan([RunCost.of(spec) for spec in todo])
-        self.progress = None
-        total_flops = sum(map(run_flops, todo))
-        if not quiet:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                                     TimeElapsedColumn(), refresh_per_second=4)
-            self.sweep_task = self.progress.add_task(f"sweep 0/{self.n_runs} runs", total=total_flops, info="")
-            self.run_tasks: dict[str, tuple[int, float]] = {}
-            self.progress.start()
-        self.total_flops = total_flops
-
-    def _eta_text(self, every: float = 0.0) -> str:
-        """The sweep's ETA, recomputed at most once per `every` seconds (step events can come
-        hundreds of times a second)."""
-        from scaling.eta import format_seconds
-        now = time.monotonic()
-        if now - self._eta_at >= every:
-            remaining = self.eta.remaining(now)
-            if self.on_eta:
-                self.on_eta(now - self.t0, remaining)
-            self._eta_at, self._eta_last = now, f"ETA {format_seconds(remaining)}"
-        return self._eta_last
-
-    def start(self, spec: RunSpec):
-        """Show `spec` as running (once: later calls for it do nothing)."""
-        from scaling.eta import RunCost
-        if spec.run_id in self.started:
-            return
-        self.started.add(spec.run_id)
-        self.eta.started(spec.run_id, RunCost.of(spec), time.monotonic())
-        if self.quiet:
-            print(f"start {spec.run_id} (N={_n(spec)}, D={spec.steps * spec.batch_size * spec.model.seq_len:.3g}) "
-                  f"[sweep {self._eta_text()}]", flush=True)
-        else:
-            task = self.progress.add_task(f"  {spec.run_id}", total=spec.steps, info="compiling")
-            self.run_tasks[spec.run_id] = (task, 0.0)
-
-    def update(self, spec: RunSpec, event: dict):
-        tps = event.get("tokens_per_second")
-        self.eta.stepped(spec.run_id, event["step"], tps, spec.batch_size * spec.model.seq_len, time.monotonic())
-        if self.quiet:
-            if self.on_eta:
-                self._eta_text(every=1.0)
-            return
-        task, flops_seen = self.run_tasks[spec.run_id]
-        flops_now = run_flops(spec) * event["step"] / spec.steps
-        info = f"step {event['step']}/{spec.steps} loss {event['loss']:.3f}" + (f" {tps:,.0f} tok/s" if tps else "")
-        self.progress.update(task, completed=event["step"], info=info)
-        self.progress.advance(self.sweep_task, flops_now - flops_seen)
-        self.progress.update(self.sweep_task, info=self._eta_text(every=1.0))
-        self.run_tasks[spec.run_id] = (task, flops_now)
-
-    def finish(self, spec: RunSpec, status: str, error: str | None):
-        self.done += 1
-        self.eta.finished(spec.run_id, time.monotonic())
-        if self.quiet:
-            print(f"{status} {spec.run_id}" + (f": {error}" if error else "") + f" [sweep {self._eta_text()}]",
-                  flush=True)
-            return
-        task, flops_seen = self.run_tasks.pop(spec.run_id)
-        self.progress.remove_task(task)
-        self.progress.advance(self.sweep_task, run_flops(spec) - flops_seen)
-        self.progress.update(self.sweep_task, description=f"sweep {self.done}/{self.n_runs} runs",
-                             info=self._eta_text())
-        if status != "complete":
-            self.progress.console.print(f"[red]{status}[/red] {spec.run_id}" + (f": {error}" if error else ""))
-
-    def close(self):
-        if self.progress:
-            self.progress.stop()
-
-
-def _n(spec: RunSpec) -> str:
-    from scaling.flops import param_counts
-    return f"{param_counts(**dataclasses.asdict(spec.model)).n_params_nonembed:.3g}"
-
-
 def local_jobs(sweep: SweepConfig, todo: list[RunSpec], report: SweepReport, workers: int = 1) -> list[list[RunSpec]]:
     """The runs of each local process: one run each, or with `pack = true` packs of runs that train
-    together (scaling/pack.py), largest work first. A pack needs the dp mesh preset (parameters
+    together (scaling/training/pack.py), largest work first. A pack needs the dp mesh preset (parameters
     replicated); runs with another preset train alone (and the report says so)."""
     if sweep.branch and workers == 1:
         return branch_jobs(sweep, todo)
     if not sweep.pack:  # (branch and pack exclude each other: with several workers a branch starts
         return [[spec] for spec in todo]  # in its own process as soon as its seed is there)
-    from scaling.pack import PACK_PRESET, plan_packs
+    from scaling.sweep.pack_plan import PACK_PRESET, plan_packs
     single, alone = [], []
     for spec in todo:
         (single if spec.mesh.preset == PACK_PRESET else alone).append(spec)
@@ -248,7 +57,7 @@ def branch_jobs(sweep: SweepConfig, todo: list[RunSpec]) -> list[list[RunSpec]]:
     trunk first (a branch costs only its cool-down, so a process start-up of its own would be a
     large part of it), and each branch whose trunk is done or not in `todo`, alone. Largest work
     first."""
-    from scaling.branch import plan as branch_plan
+    from scaling.sweep.branch_plan import plan as branch_plan
     plan = branch_plan(sweep.runs)
     groups: dict[str, list[RunSpec]] = {}
     for spec in todo:
@@ -259,7 +68,7 @@ def branch_jobs(sweep: SweepConfig, todo: list[RunSpec]) -> list[list[RunSpec]]:
 
 
 def _next_job(queue: list[list[RunSpec]], plan, out_dir, unfinished: set[str], idle: bool) -> list[RunSpec] | None:
-    """The first queued job that may start: a branch waits for its trunk's seed (scaling/branch.py);
+    """The first queued job that may start: a branch waits for its trunk's seed (scaling/sweep/branch_plan.py);
     when nothing runs, the first job starts anyway (a branch without a seed trains from step 0)."""
     if plan is None:
         return queue[0]
@@ -346,10 +155,10 @@ def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quie
     workers = max_parallel or sweep.max_parallel
     plan = None
     if sweep.branch:
-        from scaling.branch import plan as branch_plan
+        from scaling.sweep.branch_plan import plan as branch_plan
         plan = branch_plan(sweep.runs)
-    display = _Display(todo, workers, quiet, on_eta)
-    # One CPU device per core of each run's share (scaling/cpu.py), chosen for every run of the
+    display = Display(todo, workers, quiet, on_eta)
+    # One CPU device per core of each run's share (scaling/launch/cpu.py), chosen for every run of the
     # sweep: each run process validates the whole sweep file against its devices.
     env = {**os.environ, **cpu.run_env(sweep.runs, workers), **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
     sel = selectors.DefaultSelector()
@@ -430,7 +239,7 @@ def _signal(proc: subprocess.Popen, signum: int) -> None:
         pass
 
 
-def _event(line: str, job: dict[str, RunSpec], states: dict[str, dict], display: _Display) -> None:
+def _event(line: str, job: dict[str, RunSpec], states: dict[str, dict], display: Display) -> None:
     """One JSON line from a run process: a step (progress) or a run's outcome."""
     try:
         event = json.loads(line)

@@ -37,7 +37,7 @@ def devices_per_run(specs, runs_at_once: int = 1, cores: int | None = None) -> i
     """The CPU devices each of `runs_at_once` concurrent runs gets: its share of the cores, or fewer
     where one of `specs` cannot split its batch (or fit its mesh) over that many."""
     from scaling.config import ConfigError
-    from scaling.sweep import check_runs
+    from scaling.sweep.reader import check_runs
     share = max(1, (cores or cores_available()) // max(1, runs_at_once))
     for n in range(share, 1, -1):
         try:

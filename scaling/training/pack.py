@@ -9,7 +9,7 @@ inside the vmapped function; one that all members share stays a Python number, s
 members differ only in seed traces exactly the lone run's step under vmap.
 
 One pack is one process. On a mesh of several devices (the `dp` preset: parameters replicated, as
-the CPU's one-device-per-core mesh, scaling/cpu.py) every member's batch is split over the devices
+the CPU's one-device-per-core mesh, scaling/launch/cpu.py) every member's batch is split over the devices
 and each member's gradients are summed once per step, as in its lone step; other presets, or several
 processes, train the runs one after another, alone (`PackError` says why, the caller falls back).
 
@@ -24,11 +24,8 @@ Records are each member's own, in its own run folder, with the lone run's column
 - a member that diverges is recorded `diverged` and the others go on (it keeps its slot in the
   compiled step until the pack ends; its numbers are ignored).
 """
-
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -37,46 +34,14 @@ from typing import Callable
 
 from scaling import records
 from scaling.config import RunSpec
-from scaling.run import (Halt, RunContext, RunLog, Throughput, enable_compilation_cache, record_error, rows_until,
-                         train_run)
-
-HYPER = ("lr", "weight_decay", "label_smoothing", "entropy_coef")
-PACK_PRESET = "dp"  # the mesh preset a pack may split its batch over (parameters replicated)
-DONE = records.DONE
+from scaling.records import record_error
+from scaling.training.run import Halt, enable_compilation_cache, train_run
+from scaling.training.runlog import RunContext, RunLog, Throughput, rows_until
+from scaling.sweep.pack_plan import HYPER, PACK_PRESET, hyper_values, pack_key
 
 
 class PackError(Exception):
     """These runs cannot train as one pack here; the caller trains them alone."""
-
-
-def hyper_values(spec: RunSpec) -> dict[str, float]:
-    return {"lr": spec.optim.lr, "weight_decay": spec.optim.weight_decay,
-            "label_smoothing": spec.train.label_smoothing, "entropy_coef": spec.train.entropy_coef}
-
-
-def pack_key(spec: RunSpec) -> str:
-    """Equal for runs that may share a pack: the spec with what members may differ in blanked."""
-    same = dataclasses.replace(spec, seed=0, optim=dataclasses.replace(spec.optim, lr=1.0, weight_decay=0.0),
-                               train=dataclasses.replace(spec.train, label_smoothing=0.0, entropy_coef=0.0))
-    return json.dumps(same.to_dict(), sort_keys=True, default=str)
-
-
-def plan_packs(runs, pack_size: int) -> list[list[RunSpec]]:
-    """Runs grouped into packs of at most `pack_size` runs that may train together (in the order
-    given); a group larger than `pack_size` is split into near-equal packs."""
-    groups: dict[str, list[RunSpec]] = {}
-    for spec in runs:
-        groups.setdefault(pack_key(spec), []).append(spec)
-    out = []
-    for members in groups.values():
-        n_packs = -(-len(members) // pack_size)
-        size, extra = divmod(len(members), n_packs)
-        start = 0
-        for k in range(n_packs):
-            end = start + size + (k < extra)
-            out.append(members[start:end])
-            start = end
-    return out
 
 
 def check_packable(specs, mesh) -> None:
@@ -133,8 +98,8 @@ def build_packed_program(specs, mesh, lone=None) -> PackedProgram:
     import jax.numpy as jnp
     from flax import nnx
 
-    from scaling import sharding as shd
-    from scaling import train as tr
+    from scaling.training import sharding as shd
+    from scaling.training import step as tr
     from scaling.model import GPT
 
     spec = specs[0]
@@ -175,7 +140,7 @@ class _Member:
     and, once it has one, its outcome."""
 
     def __init__(self, log: RunLog, pack: list[str]):
-        from scaling.checkpoint import Checkpoints
+        from scaling.training.checkpoint import Checkpoints
         self.log = log
         log.write_config(pack=pack)
         self.ckpt = Checkpoints(log.path / "checkpoints")
@@ -207,9 +172,9 @@ def train_pack(specs, out_dir: str | Path, *, on_step: Callable[[dict], None] | 
     import jax
     import numpy as np
 
-    from scaling import sharding as shd
-    from scaling import train as tr
-    from scaling.checkpoint import CheckpointError
+    from scaling.training import sharding as shd
+    from scaling.training import step as tr
+    from scaling.training.checkpoint import CheckpointError
 
     t_start = time.perf_counter()
     enable_compilation_cache()
@@ -314,7 +279,7 @@ def train_pack(specs, out_dir: str | Path, *, on_step: Callable[[dict], None] | 
 
 
 def _latest_checkpoint(spec: RunSpec, out_dir) -> int | None:
-    from scaling.checkpoint import Checkpoints
+    from scaling.training.checkpoint import Checkpoints
     folder = records.run_dir(out_dir, spec.run_id) / "checkpoints"
     if not folder.exists():
         return None
@@ -330,7 +295,7 @@ def _record_failure(specs, out_dir, error: Exception) -> dict[str, dict]:
     out = {}
     for spec in specs:
         status = records.read_status(records.run_dir(out_dir, spec.run_id))
-        if status in DONE:
+        if status in records.DONE:
             out[spec.run_id] = {"run_id": spec.run_id, "status": status, "error": None}
         else:
             out[spec.run_id] = {"run_id": spec.run_id, "status": "failed",
@@ -371,7 +336,7 @@ def run_pack_and_record(specs, out_dir: str | Path, *, on_step: Callable[[dict],
             continue
         locks.append(lock)
         status = records.read_status(path)  # under the lock: another process may just have finished it
-        if status in DONE:
+        if status in records.DONE:
             results[spec.run_id] = {"run_id": spec.run_id, "status": status, "error": None, "already": True}
             continue
         todo.append(spec)

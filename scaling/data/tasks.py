@@ -9,7 +9,7 @@ An instance is a prompt and a target; in the token stream it is the document
 
     SEP prompt target          e.g.  "\\x0012+345=357\\n"
 
-(SEP, byte 0, is the end-of-document byte of scaling/data.py; the target always ends in "\\n").
+(SEP, byte 0, is the end-of-document byte of scaling/data/sources.py; the target always ends in "\\n").
 
 Held-out instances: an instance's `key` names the problem independently of its format (the
 addition 12+345 has one key whether its answer is written directly, reversed or with a
@@ -32,7 +32,7 @@ from typing import ClassVar
 import numpy as np
 
 from scaling.config import TasksConfig, TaskSpec
-from scaling.splitcache import write_split
+from scaling.data.splitcache import write_split
 
 SEP = 0
 NEWLINE = "\n"

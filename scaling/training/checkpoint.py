@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orbax.checkpoint as ocp
 
-from scaling import preemption
+from scaling.training import preemption
 
 # Orbax logs every save at INFO; the run's own progress says enough.
 logging.getLogger("absl").setLevel(logging.WARNING)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scaling import metrics
+from scaling.science import metrics
 from scaling.config import ModelConfig, SamplingConfig
 
 STRATEGIES = ("greedy", "temperature", "top_k", "top_p", "beam")

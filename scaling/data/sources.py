@@ -5,10 +5,10 @@ Sources (DESIGN.md, "Data sources"):
 - ``stdlib`` (default): the running Python's standard-library ``*.py`` files, as bytes (vocab 256).
 - ``text``: the user's files or globs, as bytes.
 - ``tokens``: one flat ``.bin`` of uint16 / uint32 token ids (the nanoGPT layout), memory-mapped.
-- ``synthetic``: a process with a known next-token distribution (scaling/synthetic.py); its
+- ``synthetic``: a process with a known next-token distribution (scaling/data/synthetic.py); its
   ``TokenSource.optimal_nll`` gives the exact optimal loss of any validation windows.
 
-Any byte-level source can have task documents mixed in (``tasks``; scaling/tasks.py).
+Any byte-level source can have task documents mixed in (``tasks``; scaling/data/tasks.py).
 
 Byte sources are packed the standard way: documents (files) are concatenated, each followed by one
 end-of-document byte ``SEPARATOR`` (NUL, which a text file never contains, so it acts as a
@@ -33,7 +33,6 @@ of step s is sequence ``i = s * batch_size + j``; it reads window
 Feistel network, so the order is a pure function of (data_seed, step): every model of a sweep sees
 the same data in the same order and resume needs no replay.
 """
-
 from __future__ import annotations
 
 import functools
@@ -51,7 +50,8 @@ from typing import Callable
 
 import numpy as np
 
-from scaling import splitcache
+from scaling.data import splitcache
+
 
 SOURCES = ("stdlib", "text", "tokens", "synthetic")
 TOKEN_DTYPES = ("uint16", "uint32")
@@ -233,7 +233,7 @@ def open_source(source: str = "stdlib", *, paths: Sequence[str] = (), dtype: str
                           str(cache_dir()), synthetic if source == "synthetic" else None)
     if tasks is None or not tasks.tasks:
         return opened
-    from scaling.tasks import mix_tasks
+    from scaling.data.tasks import mix_tasks
     return mix_tasks(opened, tasks, cache_dir())
 
 
@@ -241,7 +241,7 @@ def open_source(source: str = "stdlib", *, paths: Sequence[str] = (), dtype: str
 def _open_cached(source: str, paths: tuple[str, ...], dtype: str, vocab_size: int | None,
                  val_fraction: float, base_dir: str, cache: str, synthetic=None) -> TokenSource:
     if source == "synthetic":
-        from scaling import synthetic as syn
+        from scaling.data import synthetic as syn
         from scaling.config import SyntheticConfig
         config = synthetic or SyntheticConfig()
         train, val, content_hash, split_rule = syn.open_synthetic(config, Path(cache))
@@ -407,113 +407,3 @@ def _scan_tokens(path: Path, tokens: np.ndarray, dtype: str, cache: Path) -> tup
     return hasher.hexdigest(), max_token
 
 
-# ----------------------------------------------------------------------------------------------
-# Stateless permutation and batches
-
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-_FEISTEL_ROUNDS = 6  # 4 suffice for a pseudo-random permutation (Luby-Rackoff); 6 for margin
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    # splitmix64's finalizer (Steele et al. 2014): a cheap, well-avalanched 64-bit mix.
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def _round_keys(seed: int, epoch: int) -> list[np.uint64]:
-    digest = hashlib.sha512(f"scaling.permute|{seed}|{epoch}".encode()).digest()
-    return [np.uint64(int.from_bytes(digest[8 * r:8 * r + 8], "little"))
-            for r in range(_FEISTEL_ROUNDS)]
-
-
-def permute(index: np.ndarray, n: int, seed: int, epoch: int = 0) -> np.ndarray:
-    """The image of ``index`` under a bijection of [0, n) that is a pure function of (seed, epoch).
-
-    A balanced Feistel network over the smallest even number of bits covering n is a bijection on
-    [0, 2^bits) for any round function; cycle-walking (re-encrypting values >= n) restricts it to
-    [0, n). The domain is under 4n, so the walk takes under 4 steps on average.
-    """
-    index = np.asarray(index)
-    flat = np.atleast_1d(index).astype(np.int64).ravel()
-    if n < 1:
-        raise ValueError(f"permute needs n >= 1, got {n}")
-    if flat.size and (flat.min() < 0 or flat.max() >= n):
-        raise ValueError(f"permute: index out of range [0, {n})")
-    if n == 1:
-        return np.zeros(index.shape, dtype=np.int64)
-    half = ((n - 1).bit_length() + 1) // 2
-    half_mask = np.uint64((1 << half) - 1)
-    keys = _round_keys(seed, epoch)
-
-    def encrypt(x: np.ndarray) -> np.ndarray:
-        left, right = x >> np.uint64(half), x & half_mask
-        for k in keys:
-            left, right = right, left ^ (_mix64(right ^ k) & half_mask)
-        return (left << np.uint64(half)) | right
-
-    out = encrypt(flat.astype(np.uint64))
-    outside = out >= np.uint64(n)
-    while outside.any():
-        out[outside] = encrypt(out[outside])
-        outside = out >= np.uint64(n)
-    return out.astype(np.int64).reshape(index.shape)
-
-
-class Batcher:
-    """Batches of fixed windows of the train split, in an order fixed by (data_seed, step)."""
-
-    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, data_seed: int):
-        if seq_len < 1 or batch_size < 1:
-            raise ValueError(f"seq_len and batch_size must be >= 1, got {seq_len}, {batch_size}")
-        self.tokens = tokens
-        self.seq_len = seq_len
-        self.batch_size = batch_size
-        self.data_seed = data_seed
-        self.n_windows = (len(tokens) - 1) // seq_len
-        if self.n_windows < 1:
-            raise DataError(f"train split holds {len(tokens)} tokens, fewer than one window of "
-                            f"seq_len + 1 = {seq_len + 1}")
-        self._offsets = np.arange(seq_len + 1, dtype=np.int64)
-
-    def window_indices(self, step: int, process_index: int = 0,
-                       process_count: int = 1) -> np.ndarray:
-        """Which window each row of this process's share of ``step``'s batch reads."""
-        if self.batch_size % process_count:
-            raise ValueError(f"batch_size {self.batch_size} is not divisible by "
-                             f"process_count {process_count}")
-        if step < 0 or not 0 <= process_index < process_count:
-            raise ValueError(f"need step >= 0 and process_index in [0, {process_count}), "
-                             f"got {step}, {process_index}")
-        rows = self.batch_size // process_count
-        sequence = step * self.batch_size + process_index * rows + np.arange(rows, dtype=np.int64)
-        epoch, position = np.divmod(sequence, self.n_windows)
-        windows = np.empty(rows, dtype=np.int64)
-        for e in np.unique(epoch):  # a batch spans at most a few epochs
-            in_epoch = epoch == e
-            windows[in_epoch] = permute(position[in_epoch], self.n_windows, self.data_seed, int(e))
-        return windows
-
-    def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
-        """int32 [batch_size // process_count, seq_len + 1]; inputs [:, :-1], targets [:, 1:]."""
-        starts = self.window_indices(step, process_index, process_count) * self.seq_len
-        return np.asarray(self.tokens[starts[:, None] + self._offsets], dtype=np.int32)
-
-
-def validation_windows(val: np.ndarray, seq_len: int, n_sequences: int) -> np.ndarray:
-    """int32 [n, seq_len + 1]: n <= n_sequences windows spread evenly over the val split.
-
-    Evenly spaced rather than random so that every model, and every eval of one model, scores
-    exactly the same tokens, and those tokens sample the whole split rather than its first files.
-    """
-    if n_sequences < 1:
-        raise ValueError(f"n_sequences must be >= 1, got {n_sequences}")
-    n_available = (len(val) - 1) // seq_len
-    if n_available < 1:
-        raise DataError(f"validation split holds {len(val)} tokens, fewer than one window of "
-                        f"seq_len + 1 = {seq_len + 1}; raise val_fraction or add data")
-    n = min(n_sequences, n_available)
-    starts = (np.arange(n, dtype=np.int64) * n_available // n) * seq_len
-    return np.asarray(val[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int32)

@@ -1,0 +1,103 @@
+"""The local sweep's progress: one bar over the sweep's FLOPs with a learned ETA, one bar per active
+run; or, quiet, one line per start and finish."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+from scaling.config import RunSpec
+from scaling.launch.report import ASSUMED_MFU, run_flops
+
+
+class Display:
+    """The sweep's progress: one bar over the sweep's FLOPs with a learned ETA (scaling/launch/eta.py), one
+    bar per active run; or, quiet, one line per start and finish with the ETA."""
+
+    def __init__(self, todo: list[RunSpec], workers: int, quiet: bool, on_eta=None):
+        from scaling.launch.eta import Eta, RunCost
+        from scaling.hardware import peak_flops
+
+        self.quiet, self.n_runs, self.done, self.on_eta = quiet, len(todo), 0, on_eta
+        self.started: set[str] = set()
+        self.t0 = time.monotonic()
+        self._eta_at, self._eta_last = -math.inf, "ETA ?"
+        self.eta = Eta(workers=workers, prior_flops_per_second=ASSUMED_MFU * peak_flops("float32").flops_per_second)
+        self.eta.plan([RunCost.of(spec) for spec in todo])
+        self.progress = None
+        total_flops = sum(map(run_flops, todo))
+        if not quiet:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                                     TimeElapsedColumn(), refresh_per_second=4)
+            self.sweep_task = self.progress.add_task(f"sweep 0/{self.n_runs} runs", total=total_flops, info="")
+            self.run_tasks: dict[str, tuple[int, float]] = {}
+            self.progress.start()
+        self.total_flops = total_flops
+
+    def _eta_text(self, every: float = 0.0) -> str:
+        """The sweep's ETA, recomputed at most once per `every` seconds (step events can come
+        hundreds of times a second)."""
+        from scaling.launch.eta import format_seconds
+        now = time.monotonic()
+        if now - self._eta_at >= every:
+            remaining = self.eta.remaining(now)
+            if self.on_eta:
+                self.on_eta(now - self.t0, remaining)
+            self._eta_at, self._eta_last = now, f"ETA {format_seconds(remaining)}"
+        return self._eta_last
+
+    def start(self, spec: RunSpec):
+        """Show `spec` as running (once: later calls for it do nothing)."""
+        from scaling.launch.eta import RunCost
+        if spec.run_id in self.started:
+            return
+        self.started.add(spec.run_id)
+        self.eta.started(spec.run_id, RunCost.of(spec), time.monotonic())
+        if self.quiet:
+            print(f"start {spec.run_id} (N={_n(spec)}, D={spec.steps * spec.batch_size * spec.model.seq_len:.3g}) "
+                  f"[sweep {self._eta_text()}]", flush=True)
+        else:
+            task = self.progress.add_task(f"  {spec.run_id}", total=spec.steps, info="compiling")
+            self.run_tasks[spec.run_id] = (task, 0.0)
+
+    def update(self, spec: RunSpec, event: dict):
+        tps = event.get("tokens_per_second")
+        self.eta.stepped(spec.run_id, event["step"], tps, spec.batch_size * spec.model.seq_len, time.monotonic())
+        if self.quiet:
+            if self.on_eta:
+                self._eta_text(every=1.0)
+            return
+        task, flops_seen = self.run_tasks[spec.run_id]
+        flops_now = run_flops(spec) * event["step"] / spec.steps
+        info = f"step {event['step']}/{spec.steps} loss {event['loss']:.3f}" + (f" {tps:,.0f} tok/s" if tps else "")
+        self.progress.update(task, completed=event["step"], info=info)
+        self.progress.advance(self.sweep_task, flops_now - flops_seen)
+        self.progress.update(self.sweep_task, info=self._eta_text(every=1.0))
+        self.run_tasks[spec.run_id] = (task, flops_now)
+
+    def finish(self, spec: RunSpec, status: str, error: str | None):
+        self.done += 1
+        self.eta.finished(spec.run_id, time.monotonic())
+        if self.quiet:
+            print(f"{status} {spec.run_id}" + (f": {error}" if error else "") + f" [sweep {self._eta_text()}]",
+                  flush=True)
+            return
+        task, flops_seen = self.run_tasks.pop(spec.run_id)
+        self.progress.remove_task(task)
+        self.progress.advance(self.sweep_task, run_flops(spec) - flops_seen)
+        self.progress.update(self.sweep_task, description=f"sweep {self.done}/{self.n_runs} runs",
+                             info=self._eta_text())
+        if status != "complete":
+            self.progress.console.print(f"[red]{status}[/red] {spec.run_id}" + (f": {error}" if error else ""))
+
+    def close(self):
+        if self.progress:
+            self.progress.stop()
+
+
+def _n(spec: RunSpec) -> str:
+    from scaling.flops import param_counts
+    return f"{param_counts(**dataclasses.asdict(spec.model)).n_params_nonembed:.3g}"
+
+

@@ -1,0 +1,1 @@
+"""Instruments of a run: task probes, calibration and text metrics, sampling."""
