@@ -17,23 +17,20 @@ embeddings, App. F); approach 3's `optimal_allocation` uses C = 6 N D, as the pa
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
 import numpy as np
 import pandas as pd
 
+# The objective, grid and minimiser of approach 3 live in analysis.approach3; the names below
+# (huber_objective, lbfgs, HOFFMANN_GRID, ...) stay importable from here, where they started.
+from analysis.approach3 import (APPROACH3_NAMES, GRID_AXES, HOFFMANN_GRID, HUBER_DELTA,  # noqa: F401
+                                approach3_allocation, approach3_loss, grid_objective, huber_objective,
+                                lbfgs, params_of, refine_candidates)
 from analysis.fit_result import (DEFAULT_BOOTSTRAP, Fit, dropped_frame, enough_points, intervals_from,
                                  log_quality, require, resample_counts)
-from analysis.lbfgs import minimize_batched
 from analysis.select import (compute_column, final_rows, is_history, param_column, summary_of_dropped,
                              usable)
 
-HUBER_DELTA = 1e-3
-# Hoffmann et al. App. D.2: alpha, beta in {0, 0.5, ..., 2}, e in {-1, -0.5, ..., 1}, a, b in {0, 5, ..., 25}.
-GRID_AXES = {"a": np.arange(0, 26, 5.0), "b": np.arange(0, 26, 5.0), "e": np.arange(-1, 1.01, 0.5),
-             "alpha": np.arange(0, 2.01, 0.5), "beta": np.arange(0, 2.01, 0.5)}
-HOFFMANN_GRID = np.array(list(itertools.product(*GRID_AXES.values())))  # (4500, 5): a, b, e, alpha, beta
-APPROACH3_NAMES = ["E", "A", "B", "alpha", "beta", "a", "b"]
 ALLOCATION_NAMES = ["a", "b", "k_N", "k_D"]
 
 
@@ -75,84 +72,6 @@ def fit_chinchilla(records: pd.DataFrame, approach: int = 3, *, param_count: str
 # ---------------------------------------------------------------------------------------------
 # Approach 3
 
-def approach3_loss(params, N, D):
-    return (params["E"] + params["A"] / np.asarray(N, float) ** params["alpha"]
-            + params["B"] / np.asarray(D, float) ** params["beta"])
-
-
-def approach3_allocation(params, C):
-    """N_opt, D_opt minimising L(N, D) under C = 6 N D (Hoffmann et al. eq. 4)."""
-    alpha, beta = params["alpha"], params["beta"]
-    G = (alpha * params["A"] / (beta * params["B"])) ** (1 / (alpha + beta))
-    C = np.asarray(C, float)
-    return G * (C / 6) ** (beta / (alpha + beta)), (C / 6) ** (alpha / (alpha + beta)) / G
-
-
-def huber_objective(theta, ln_n, ln_d, ln_l, weights=None, delta: float = HUBER_DELTA):
-    """Hoffmann et al.'s objective and its gradient at theta = (a, b, e, alpha, beta):
-
-        sum_i w_i Huber_delta(LSE(a - alpha ln N_i, b - beta ln D_i, e) - ln L_i).
-
-    theta of shape (5,) gives a number and a (5,) gradient; (B, 5) gives one per row, with
-    `weights` (B, n_points) or shared (n_points,) or None (all ones).
-    """
-    theta = np.asarray(theta, float)
-    single = theta.ndim == 1
-    a, b, e, alpha, beta = (c[:, None] for c in np.atleast_2d(theta).T)
-    t1, t2 = a - alpha * ln_n, b - beta * ln_d
-    top = np.maximum(np.maximum(t1, t2), e)
-    x1, x2, x3 = np.exp(t1 - top), np.exp(t2 - top), np.exp(e - top)
-    total = x1 + x2 + x3
-    r = top + np.log(total) - ln_l
-    clipped = np.clip(r, -delta, delta)  # dHuber/dr
-    # Huber: r^2/2 for |r| <= delta, delta (|r| - delta/2) beyond; both are clipped * (r - clipped/2).
-    huber = clipped * (r - 0.5 * clipped)
-    dr = clipped / total  # divided by the LSE's denominator, shared by every term's derivative
-    if weights is not None:
-        huber, dr = huber * weights, dr * weights
-    g1, g2 = dr * x1, dr * x2
-    grad = np.stack([g1.sum(1), g2.sum(1), (dr * x3).sum(1), -(g1 @ ln_n), -(g2 @ ln_d)], axis=1)
-    value = huber.sum(1)
-    return (value[0], grad[0]) if single else (value, grad)
-
-
-def grid_objective(starts: np.ndarray, ln_n, ln_d, ln_l, delta: float = HUBER_DELTA) -> np.ndarray:
-    """The objective at every start, vectorised (in chunks to bound memory)."""
-    return np.concatenate([huber_objective(starts[lo:lo + 500], ln_n, ln_d, ln_l, None, delta)[0]
-                           for lo in range(0, len(starts), 500)])
-
-
-def lbfgs(theta0, ln_n, ln_d, ln_l, weights=None, delta: float = HUBER_DELTA):
-    """L-BFGS from every row of theta0 (B, 5), each with its row of `weights` (B, n) or shared
-    weights; returns (theta (B, 5), objective (B,)).
-
-    The objective is minimised divided by delta: the minimiser is the same, but a stopping rule
-    on the decrease of f relative to max(|f|, 1) (scipy's `ftol`, ours) is absolute when |f| < 1,
-    and the summed Huber loss with delta = 1e-3 is ~1e-3 here, so unscaled the optimiser stops
-    early (Besiroglu et al. 2024 found such early stops in the original fit).
-    """
-    theta0 = np.atleast_2d(np.asarray(theta0, float))
-    per_row = weights is not None and np.ndim(weights) == 2
-
-    def scaled(theta, rows):
-        w = weights[rows] if per_row else weights
-        value, grad = huber_objective(theta, ln_n, ln_d, ln_l, w, delta)
-        return value / delta, grad / delta
-
-    theta, value, _ = minimize_batched(scaled, theta0)
-    return theta, value * delta
-
-
-def refine_candidates(starts: np.ndarray, values: np.ndarray, n_refine: int | None) -> np.ndarray:
-    """Indices of the starts L-BFGS runs from: the best of every (alpha, beta) cell (the exponents
-    decide which basin a start falls in) plus the n_refine best overall; all when None."""
-    if n_refine is None:
-        return np.arange(len(starts))
-    cells = pd.DataFrame({"alpha": starts[:, 3], "beta": starts[:, 4], "value": values})
-    per_cell = cells.groupby(["alpha", "beta"])["value"].idxmin().to_numpy()
-    return np.union1d(per_cell, np.argsort(values)[:n_refine])
-
-
 def _approach3(final, n_col, loss, bootstrap, seed, delta, starts, n_refine):
     n, d, l = (final[c].to_numpy(float) for c in (n_col, "tokens", loss))
     enough_points(len(final), 5, "approach 3")
@@ -172,8 +91,8 @@ def _approach3(final, n_col, loss, bootstrap, seed, delta, starts, n_refine):
         # Replicates start at the full-data optimum: a resample of the same points shares its basin.
         counts = resample_counts(len(n), bootstrap, seed)
         boot, _ = lbfgs(np.repeat(theta[None], bootstrap, axis=0), ln_n, ln_d, ln_l, counts, delta)
-        samples = pd.DataFrame(_approach3_params(boot), columns=APPROACH3_NAMES)
-    params = dict(zip(APPROACH3_NAMES, map(float, _approach3_params(theta[None])[0])))
+        samples = pd.DataFrame(params_of(boot), columns=APPROACH3_NAMES)
+    params = dict(zip(APPROACH3_NAMES, map(float, params_of(theta[None])[0])))
     log_pred = np.log(approach3_loss(params, n, d))
     data = pd.DataFrame({"run_id": final["run_id"].to_numpy() if "run_id" in final else np.arange(len(n)),
                          "N": n, "D": d, "L": l, "residual": ln_l - log_pred})
@@ -186,13 +105,6 @@ def _approach3(final, n_col, loss, bootstrap, seed, delta, starts, n_refine):
         dropped=dropped_frame([]), quality=quality,
         settings={"huber_delta": delta, "n_starts": len(starts), "n_refined": len(candidates)},
         model=approach3_loss, allocation=approach3_allocation, samples=samples)
-
-
-def _approach3_params(theta: np.ndarray) -> np.ndarray:
-    a, b, e, alpha, beta = theta.T
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return np.column_stack([np.exp(e), np.exp(a), np.exp(b), alpha, beta,
-                                beta / (alpha + beta), alpha / (alpha + beta)])
 
 
 # ---------------------------------------------------------------------------------------------
