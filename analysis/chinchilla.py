@@ -4,10 +4,12 @@
                 curves); then N_opt ∝ C^a and D_opt ∝ C^b                           (Sec. 3.1)
     approach 2: per IsoFLOP budget a parabola of loss in ln N and its minimum; then the same
                 power laws                                                          (Sec. 3.2)
-    approach 3: L(N, D) = E + A/N^alpha + B/D^beta, Huber loss (delta = 1e-3) on
+    approach 3: L(N, D) = E + A/N^alpha + B/D^beta, Huber loss on
                 ln L - LSE(a - alpha ln N, b - beta ln D, e), summed over points, L-BFGS from a
                 grid of starts, the best kept; a = beta/(alpha+beta), b = alpha/(alpha+beta)
                                                                                     (Sec. 3.3, App. D.2)
+                Huber's delta is matched to the residual scale by default (1.345 sigma), not the
+                paper's 1e-3: see analysis.approach3.
 
 N counts all parameters by default (the paper's convention); `param_count="nonembed"` switches.
 Approach 1 measures C with the records' exact FLOP count (the paper counts attention and
@@ -25,7 +27,7 @@ import pandas as pd
 # (huber_objective, lbfgs, HOFFMANN_GRID, ...) stay importable from here, where they started.
 from analysis.approach3 import (APPROACH3_NAMES, GRID_AXES, HOFFMANN_GRID, HUBER_DELTA,  # noqa: F401
                                 approach3_allocation, approach3_loss, grid_objective, huber_objective,
-                                lbfgs, params_of, refine_candidates)
+                                lbfgs, matched_delta_fit, minimise, params_of, refine_candidates)
 from analysis.fit_result import (DEFAULT_BOOTSTRAP, Fit, dropped_frame, enough_points, intervals_from,
                                  log_quality, require, resample_counts)
 from analysis.select import (compute_column, final_rows, is_history, param_column, summary_of_dropped,
@@ -36,7 +38,7 @@ ALLOCATION_NAMES = ["a", "b", "k_N", "k_D"]
 
 def fit_chinchilla(records: pd.DataFrame, approach: int = 3, *, param_count: str = "all",
                    loss: str = "val_loss", compute: str = "flops", bootstrap: int = DEFAULT_BOOTSTRAP,
-                   seed: int = 0, statuses=("complete",), huber_delta: float = HUBER_DELTA,
+                   seed: int = 0, statuses=("complete",), huber_delta: float | str = "matched",
                    starts: np.ndarray | None = None, n_refine: int | None = 8, n_levels: int = 250,
                    warmup_fraction: float = 0.1) -> Fit:
     """Fit one of Hoffmann et al.'s three approaches to runs (`load_runs`) or learning curves.
@@ -46,6 +48,10 @@ def fit_chinchilla(records: pd.DataFrame, approach: int = 3, *, param_count: str
     param_count: "all" (Hoffmann's N, default) or "nonembed".
     compute: the FLOP column of approach 1 ("flops", the exact count, or "flops_6nd").
     bootstrap: replicates that resample runs (within each budget for approach 2), seeded by `seed`.
+    huber_delta: approach 3's Huber delta: "matched" (default) sets it to 1.345 x the residuals'
+        robust scale, re-estimated from the fit (analysis.approach3.matched_delta_fit); a number
+        fixes it (Hoffmann et al.'s is HUBER_DELTA = 1e-3). Bootstrap replicates keep the delta
+        of the full-data fit.
     starts: approach 3's L-BFGS starts, rows of (a, b, e, alpha, beta); default Hoffmann's grid.
     n_refine: approach 3 evaluates the objective at every start, then runs L-BFGS from the best start
         of each (alpha, beta) cell plus the `n_refine` best overall; None runs it from every start.
@@ -82,10 +88,15 @@ def _approach3(final, n_col, loss, bootstrap, seed, delta, starts, n_refine):
     ln_n, ln_d, ln_l = np.log(n), np.log(d), np.log(l)
     starts = HOFFMANN_GRID if starts is None else np.atleast_2d(np.asarray(starts, float))
     require(starts.shape[1] == 5, "starts must be rows of (a, b, e, alpha, beta)")
-    values = grid_objective(starts, ln_n, ln_d, ln_l, delta)
-    candidates = refine_candidates(starts, values, n_refine)
-    found, objectives = lbfgs(starts[candidates], ln_n, ln_d, ln_l, None, delta)
-    theta, objective = found[np.argmin(objectives)], float(np.min(objectives))
+    if delta == "matched":
+        matched = matched_delta_fit(starts, ln_n, ln_d, ln_l, n_refine)
+        delta, theta, objective, n_refined = (matched[k] for k in ("delta", "theta", "objective", "n_refined"))
+        rule = f"matched: 1.345 x robust residual scale ({matched['rounds']} rounds)"
+    else:
+        require(isinstance(delta, (int, float)) and delta > 0,
+                f"huber_delta must be \"matched\" or a number > 0, got {delta!r}")
+        theta, objective, n_refined = minimise(starts, ln_n, ln_d, ln_l, float(delta), n_refine)
+        rule = "fixed"
     samples = None
     if bootstrap and len(n) > 5:  # 5 points, 5 parameters: an exact fit, no interval
         # Replicates start at the full-data optimum: a resample of the same points shares its basin.
@@ -103,7 +114,8 @@ def _approach3(final, n_col, loss, bootstrap, seed, delta, starts, n_refine):
         law="Chinchilla approach 3", formula="L = E + A/N^alpha + B/D^beta; N_opt ∝ C^a, D_opt ∝ C^b (C = 6ND)",
         inputs=("N", "D"), params=params, intervals=intervals_from(samples, params), data=data,
         dropped=dropped_frame([]), quality=quality,
-        settings={"huber_delta": delta, "n_starts": len(starts), "n_refined": len(candidates)},
+        settings={"huber_delta": float(delta), "huber_delta_rule": rule, "n_starts": len(starts),
+                  "n_refined": n_refined},
         model=approach3_loss, allocation=approach3_allocation, samples=samples)
 
 
