@@ -116,7 +116,7 @@ def _approach3(final, n_col, loss, bootstrap, seed, delta, starts, n_refine):
         dropped=dropped_frame([]), quality=quality,
         settings={"huber_delta": float(delta), "huber_delta_rule": rule, "n_starts": len(starts),
                   "n_refined": n_refined},
-        model=approach3_loss, allocation=approach3_allocation, samples=samples)
+        model=approach3_loss, allocation=approach3_allocation, samples=samples, n_fitted=5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ def _allocation_fit(law: str, points: pd.DataFrame, boot_c: np.ndarray | None, b
     return Fit(law=law, formula="N_opt = k_N C^a, D_opt = k_D C^b", inputs=("C",), params=params,
                intervals=intervals_from(samples, params), data=data.reset_index(drop=True), dropped=dropped,
                quality=quality, settings=settings, model=allocation_law, allocation=allocation_law,
-               samples=samples)
+               samples=samples, n_fitted=4)
 
 
 # ---------------------------------------------------------------------------------------------
