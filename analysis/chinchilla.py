@@ -32,6 +32,7 @@ from analysis.fit_result import (DEFAULT_BOOTSTRAP, Fit, dropped_frame, enough_p
                                  log_quality, require, resample_counts)
 from analysis.select import (compute_column, final_rows, is_history, param_column, summary_of_dropped,
                              usable)
+from analysis.sensitivity import approach3_sensitivity
 
 ALLOCATION_NAMES = ["a", "b", "k_N", "k_D"]
 
@@ -40,7 +41,7 @@ def fit_chinchilla(records: pd.DataFrame, approach: int = 3, *, param_count: str
                    loss: str = "val_loss", compute: str = "flops", bootstrap: int = DEFAULT_BOOTSTRAP,
                    seed: int = 0, statuses=("complete",), huber_delta: float | str = "matched",
                    starts: np.ndarray | None = None, n_refine: int | None = 8, n_levels: int = 250,
-                   warmup_fraction: float = 0.1) -> Fit:
+                   warmup_fraction: float = 0.1, sensitivity: bool | None = None) -> Fit:
     """Fit one of Hoffmann et al.'s three approaches to runs (`load_runs`) or learning curves.
 
     approach 1 uses learning curves (`load_history`) when given them, else each IsoFLOP budget's
@@ -56,6 +57,9 @@ def fit_chinchilla(records: pd.DataFrame, approach: int = 3, *, param_count: str
     n_refine: approach 3 evaluates the objective at every start, then runs L-BFGS from the best start
         of each (alpha, beta) cell plus the `n_refine` best overall; None runs it from every start.
     n_levels: approach 1's log-spaced FLOP levels.
+    sensitivity: approach 3 only: run analysis.sensitivity's checks (the paper's delta, the profile
+        over E, leave one shape out) and keep them as `fit.sensitivity`; None (default) runs them
+        whenever the fit bootstraps, since they judge the objective against the bootstrap's spread.
     """
     require(approach in (1, 2, 3), f"approach must be 1, 2 or 3, got {approach!r}")
     require(bootstrap >= 0, f"bootstrap must be >= 0, got {bootstrap}")
@@ -66,7 +70,8 @@ def fit_chinchilla(records: pd.DataFrame, approach: int = 3, *, param_count: str
     dropped = summary_of_dropped(dropped)
     settings = {"approach": approach, "N": n_col, "D": "tokens", "loss": loss, "bootstrap": bootstrap, "seed": seed}
     if approach == 3:
-        fit = _approach3(final_rows(rows), n_col, loss, bootstrap, seed, huber_delta, starts, n_refine)
+        fit = _approach3(final_rows(rows), n_col, loss, bootstrap, seed, huber_delta, starts, n_refine,
+                        sensitivity)
     elif approach == 2:
         fit = _approach2(final_rows(rows), n_col, loss, bootstrap, seed)
     else:
@@ -78,7 +83,7 @@ def fit_chinchilla(records: pd.DataFrame, approach: int = 3, *, param_count: str
 # ---------------------------------------------------------------------------------------------
 # Approach 3
 
-def _approach3(final, n_col, loss, bootstrap, seed, delta, starts, n_refine):
+def _approach3(final, n_col, loss, bootstrap, seed, delta, starts, n_refine, sensitivity):
     n, d, l = (final[c].to_numpy(float) for c in (n_col, "tokens", loss))
     enough_points(len(final), 5, "approach 3")
     require(np.unique(n).size >= 2, f"approach 3: a single model size ({n[0]:.4g} parameters); "
@@ -92,11 +97,12 @@ def _approach3(final, n_col, loss, bootstrap, seed, delta, starts, n_refine):
         matched = matched_delta_fit(starts, ln_n, ln_d, ln_l, n_refine)
         delta, theta, objective, n_refined = (matched[k] for k in ("delta", "theta", "objective", "n_refined"))
         rule = f"matched: 1.345 x robust residual scale ({matched['rounds']} rounds)"
+        paper_theta = matched["paper_theta"]
     else:
         require(isinstance(delta, (int, float)) and delta > 0,
                 f"huber_delta must be \"matched\" or a number > 0, got {delta!r}")
         theta, objective, n_refined = minimise(starts, ln_n, ln_d, ln_l, float(delta), n_refine)
-        rule = "fixed"
+        rule, paper_theta = "fixed", None
     samples = None
     if bootstrap and len(n) > 5:  # 5 points, 5 parameters: an exact fit, no interval
         # Replicates start at the full-data optimum: a resample of the same points shares its basin.
@@ -107,16 +113,21 @@ def _approach3(final, n_col, loss, bootstrap, seed, delta, starts, n_refine):
     log_pred = np.log(approach3_loss(params, n, d))
     data = pd.DataFrame({"run_id": final["run_id"].to_numpy() if "run_id" in final else np.arange(len(n)),
                          "N": n, "D": d, "L": l, "residual": ln_l - log_pred})
-    if "flops_budget" in final:
-        data["flops_budget"] = final["flops_budget"].to_numpy(float)
+    for column in ("flops_budget", "n_layer", "d_model"):  # what the sensitivity checks group runs by
+        if column in final:
+            data[column] = final[column].to_numpy(float if column == "flops_budget" else None)
     quality = {"huber_objective": float(objective), **log_quality(ln_l, log_pred)}
-    return Fit(
+    fit = Fit(
         law="Chinchilla approach 3", formula="L = E + A/N^alpha + B/D^beta; N_opt ∝ C^a, D_opt ∝ C^b (C = 6ND)",
         inputs=("N", "D"), params=params, intervals=intervals_from(samples, params), data=data,
         dropped=dropped_frame([]), quality=quality,
         settings={"huber_delta": float(delta), "huber_delta_rule": rule, "n_starts": len(starts),
                   "n_refined": n_refined},
         model=approach3_loss, allocation=approach3_allocation, samples=samples, n_fitted=5)
+    if sensitivity or (sensitivity is None and samples is not None):
+        fit = dataclasses.replace(fit, sensitivity=approach3_sensitivity(fit, paper_theta=paper_theta,
+                                                                         n_refine=n_refine))
+    return fit
 
 
 # ---------------------------------------------------------------------------------------------
