@@ -271,7 +271,7 @@ def _compare(args) -> str:
     result = compare(runs_a, runs_b, bootstrap=args.bootstrap, names=(name_a, name_b))
     frame = result.to_frame()
     if args.format == "csv":
-        return tables.render(frame.drop(columns=["budget_label"]), "csv")
+        return tables.render(frame, "csv")
     shown = pd.DataFrame({"budget C": frame["budget_label"], f"loss of {name_b}": frame["loss_b"],
                           f"compute {name_a} needs": frame["compute_a"], "multiplier": frame["multiplier"],
                           "95% interval": [tables.interval_text(lo, hi, args.format)
