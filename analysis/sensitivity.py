@@ -50,7 +50,8 @@ MAX_GROUPS = 30
 class Sensitivity:
     """What `approach3_sensitivity` found.
 
-    deltas: one row per Huber delta ("matched", "paper"): the delta, every parameter, objective.
+    deltas: one row per Huber delta, the fit's own first ("matched" or "fit", then "paper"; or
+        "paper", then "matched"): the rule, the delta, every parameter, the objective.
     e_profile: one row per fixed E: the least objective, its rise above the fit's, the other
         parameters at that minimum.
     e_tolerance: the median rise of the objective (on all the data) at the bootstrap replicates'
