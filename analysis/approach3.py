@@ -162,25 +162,29 @@ def robust_scale(residuals: np.ndarray) -> float:
     return float(MAD_TO_SIGMA * np.median(np.abs(residuals)))
 
 
+# A delta far above any residual of a fit that converged: Huber is then least squares, whose
+# residuals give the first estimate of sigma (and whose objective L-BFGS minimises in few steps,
+# unlike the kinked least-absolute-deviation-like objective at delta = 1e-3).
+LEAST_SQUARES_DELTA = 1.0
+
+
 def matched_delta_fit(starts: np.ndarray, ln_n, ln_d, ln_l, n_refine: int | None, *, max_rounds: int = 5,
                       tolerance: float = 0.05) -> dict:
-    """Fit at the paper's delta, then at delta = 1.345 sigma of the residuals, re-estimating sigma
-    from each new fit until delta moves by less than `tolerance` (relative).
-
-    The first residuals come from a least-absolute-deviation-like fit, several of them zero, so
-    their median understates sigma: hence the rounds (two or three suffice on every sweep here).
-    Returns {"delta", "theta", "objective", "n_refined", "paper_theta", "rounds"}.
+    """Fit by least squares, then at delta = 1.345 sigma of the residuals, re-estimating sigma
+    from each new fit until delta moves by less than `tolerance` (relative); two or three rounds
+    suffice on every sweep here. Returns {"delta", "theta", "objective", "n_refined", "rounds"}.
     """
-    paper_theta, objective, n_refined = minimise(starts, ln_n, ln_d, ln_l, HUBER_DELTA, n_refine)
-    delta, theta, rounds = HUBER_DELTA, paper_theta, 0
+    theta, objective, n_refined = minimise(starts, ln_n, ln_d, ln_l, LEAST_SQUARES_DELTA, n_refine)
+    delta, rounds = LEAST_SQUARES_DELTA, 0
     for rounds in range(1, max_rounds + 1):
         sigma = robust_scale(log_residuals(theta, ln_n, ln_d, ln_l)[0])
-        if not sigma > 0:  # an exact fit (as many points as parameters): nothing to match
+        if not sigma > 0:  # an exact fit (as many points as parameters): keep the paper's delta
+            delta = HUBER_DELTA
+            theta, objective, n_refined = minimise(starts, ln_n, ln_d, ln_l, delta, n_refine, extra_starts=theta)
             break
         new_delta = HUBER_EFFICIENCY_FACTOR * sigma
         if rounds > 1 and abs(new_delta / delta - 1) < tolerance:
             break
         delta = new_delta
         theta, objective, n_refined = minimise(starts, ln_n, ln_d, ln_l, delta, n_refine, extra_starts=theta)
-    return {"delta": delta, "theta": theta, "objective": objective, "n_refined": n_refined,
-            "paper_theta": paper_theta, "rounds": rounds}
+    return {"delta": delta, "theta": theta, "objective": objective, "n_refined": n_refined, "rounds": rounds}

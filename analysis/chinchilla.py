@@ -97,12 +97,11 @@ def _approach3(final, n_col, loss, bootstrap, seed, delta, starts, n_refine, sen
         matched = matched_delta_fit(starts, ln_n, ln_d, ln_l, n_refine)
         delta, theta, objective, n_refined = (matched[k] for k in ("delta", "theta", "objective", "n_refined"))
         rule = f"matched: 1.345 x robust residual scale ({matched['rounds']} rounds)"
-        paper_theta = matched["paper_theta"]
     else:
         require(isinstance(delta, (int, float)) and delta > 0,
                 f"huber_delta must be \"matched\" or a number > 0, got {delta!r}")
         theta, objective, n_refined = minimise(starts, ln_n, ln_d, ln_l, float(delta), n_refine)
-        rule, paper_theta = "fixed", None
+        rule = "fixed"
     samples = None
     if bootstrap and len(n) > 5:  # 5 points, 5 parameters: an exact fit, no interval
         # Replicates start at the full-data optimum: a resample of the same points shares its basin.
@@ -125,8 +124,7 @@ def _approach3(final, n_col, loss, bootstrap, seed, delta, starts, n_refine, sen
                   "n_refined": n_refined},
         model=approach3_loss, allocation=approach3_allocation, samples=samples, n_fitted=5)
     if sensitivity or (sensitivity is None and samples is not None):
-        fit = dataclasses.replace(fit, sensitivity=approach3_sensitivity(fit, paper_theta=paper_theta,
-                                                                         n_refine=n_refine))
+        fit = dataclasses.replace(fit, sensitivity=approach3_sensitivity(fit, n_refine=n_refine))
     return fit
 
 
