@@ -5,12 +5,16 @@ loss about 95 times in 100. Over 20 seeds of the IsoFLOP design below (9 held-ou
 audit's coverage was 0.967; over 10 seeds of the Kaplan grid, 0.93.
 """
 
+import io
+
 import numpy as np
 import pandas as pd
 import pytest
-from analysis_fakes import ChinchillaLaw, KaplanLaw, isoflop_records, kaplan_records, random_grid_points, summaries
+from analysis_fakes import (ChinchillaLaw, KaplanLaw, isoflop_records, kaplan_records, random_grid_points, summaries,
+                            write_records)
 
 from analysis.audit import audit_with_fit, default_holdout_flops
+from analysis.cli import fit_command
 from analysis.fit import Prediction, extrapolation_audit, fit_chinchilla, fit_power_law
 
 LAW = ChinchillaLaw()
@@ -120,3 +124,42 @@ def test_prediction_interval_of_a_fit():
     power = fit_power_law(x, 2 * (1e6 / x) ** 0.1 * np.exp(rng.normal(0, 0.02, 8)), bootstrap=50)
     lo, hi = power.predict(1e9, interval=True)[1:]
     assert lo < power.predict(1e9) < hi
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audit")
+    write_records(kaplan_records(KaplanLaw(), n_params_nonembed=np.geomspace(1e5, 1e8, 5),
+                                 tokens=np.geomspace(1e8, 1e12, 4), n_evals=6), root)
+    write_records(isoflop_records(LAW, budgets=[1e14, 1e15, 1e16], n_sizes=5, n_evals=2), root)
+    return root
+
+
+def test_fit_command_with_holdout_flops_prints_the_audit(results, capsys):
+    assert fit_command([str(results / "chinchilla"), "--law", "chinchilla", "--holdout-flops", "5e15",
+                        "--bootstrap", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "Extrapolation audit: Chinchilla approach 3 fitted on the 10 runs below 5e+15 FLOPs" in out
+    assert "| predicted | 95% interval | error |" in out
+    assert "median |error| = " in out and " of 5 held-out runs (" in out
+    assert fit_command([str(results), "--law", "kaplan", "--holdout-flops", "1e17", "--bootstrap", "50",
+                        "--format", "csv"]) == 0
+    captured = capsys.readouterr()
+    frame = pd.read_csv(io.StringIO(captured.out))
+    assert set(frame["sweep"]) == {"kaplan"} and (frame["flops"] >= 1e17).all()
+    assert {"run_id", "val_loss", "predicted", "lower", "upper", "error"} <= set(frame)
+    assert "warning: no audit for chinchilla" in captured.err  # no run of that sweep reaches 1e17
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--approach", "2"], "approach 3, not 2"),
+    (["--holdout-flops", "1e30"], "no run reaches holdout_flops"),
+    (["--holdout-flops", "-1"], "must be > 0"),
+    (["--bootstrap", "0"], "bootstrap >= 2"),
+])
+def test_fit_command_audit_mistakes_exit_2_with_one_line(results, capsys, argv, message):
+    base = [str(results / "chinchilla"), "--law", "chinchilla", "--holdout-flops", "5e15"]
+    assert fit_command(base + argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith("scaling fit: error:") and message in captured.err
