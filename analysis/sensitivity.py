@@ -256,15 +256,19 @@ def plausible_range(profile: pd.DataFrame, fitted_e: float, tolerance: float) ->
 
 
 def _fixed_e_lbfgs(theta4: np.ndarray, e: np.ndarray, ln_n, ln_d, ln_l, delta: float):
-    """L-BFGS over (a, b, alpha, beta) with row i's e held at e[i]; scaled by 1/delta as
-    analysis.approach3.lbfgs is (its docstring says why)."""
+    """L-BFGS over (a, b, alpha, beta) with row i's e held at e[i]; scaled by 1/delta and in
+    centred coordinates, as analysis.approach3.lbfgs is (its docstring says why)."""
+    centre_n, centre_d = float(np.mean(ln_n)), float(np.mean(ln_d))
+    shift = np.zeros((4, 4))
+    shift[2, 0], shift[3, 1] = centre_n, centre_d
+
     def scaled(x, rows):
         full = np.insert(x, 2, e[rows], axis=1)
-        value, grad = huber_objective(full, ln_n, ln_d, ln_l, None, delta)
+        value, grad = huber_objective(full, ln_n - centre_n, ln_d - centre_d, ln_l, None, delta)
         return value / delta, np.delete(grad, 2, axis=1) / delta
 
-    found, value, _ = minimize_batched(scaled, theta4)
-    return found, value * delta
+    centred, value, _ = minimize_batched(scaled, theta4 @ (np.eye(4) - shift))
+    return centred @ (np.eye(4) + shift), value * delta
 
 
 # ---------------------------------------------------------------------------------------------
