@@ -35,7 +35,7 @@ def audit_figure(audit: pd.DataFrame, fit: Fit | None = None) -> Figure:
     values = [audit[loss], audit["lower"], audit["upper"]]
     if fit is not None:
         fitted = fit.predict(fit.data["N"], fit.data["D"])
-        ax.scatter(fitted, fit.data["L"], s=14, color=TRAIN_COLOR, label=f"fitted runs ({fit.n_points})", zorder=2)
+        ax.scatter(fitted, fit.data["L"], s=14, color=TRAIN_COLOR, label=f"points fitted ({fit.n_points})", zorder=2)
         values += [fit.data["L"], pd.Series(fitted)]
     inside = audit["inside"].to_numpy(bool)
     for mask, marker, label in ((inside, "o", "held out, inside its interval"),
