@@ -175,23 +175,27 @@ def robust_scale(residuals: np.ndarray) -> float:
 LEAST_SQUARES_DELTA = 1.0
 
 
-def matched_delta_fit(starts: np.ndarray, ln_n, ln_d, ln_l, n_refine: int | None, *, max_rounds: int = 5,
+def matched_delta_fit(starts: np.ndarray, ln_n, ln_d, ln_l, n_refine: int | None, *, max_refits: int = 5,
                       tolerance: float = 0.05) -> dict:
     """Fit by least squares, then at delta = 1.345 sigma of the residuals, re-estimating sigma
-    from each new fit until delta moves by less than `tolerance` (relative); two or three rounds
-    suffice on every sweep here. Returns {"delta", "theta", "objective", "n_refined", "rounds"}.
+    from each new fit until delta moves by less than `tolerance` (relative); one or two refits
+    suffice on every sweep here. An exact fit (5 points, 5 parameters) has no residual scale and
+    keeps the paper's delta. Returns {"delta", "theta", "objective", "n_refined", "rule"}.
     """
     theta, objective, n_refined = minimise(starts, ln_n, ln_d, ln_l, LEAST_SQUARES_DELTA, n_refine)
-    delta, rounds = LEAST_SQUARES_DELTA, 0
-    for rounds in range(1, max_rounds + 1):
-        sigma = robust_scale(log_residuals(theta, ln_n, ln_d, ln_l)[0])
-        if not sigma > 0:  # an exact fit (as many points as parameters): keep the paper's delta
-            delta = HUBER_DELTA
-            theta, objective, n_refined = minimise(starts, ln_n, ln_d, ln_l, delta, n_refine, extra_starts=theta)
-            break
+    sigma = robust_scale(log_residuals(theta, ln_n, ln_d, ln_l)[0])
+    if len(ln_l) <= 5 or not sigma > 1e-9:
+        theta, objective, n_refined = minimise(starts, ln_n, ln_d, ln_l, HUBER_DELTA, n_refine, extra_starts=theta)
+        return {"delta": HUBER_DELTA, "theta": theta, "objective": objective, "n_refined": n_refined,
+                "rule": "the paper's (an exact fit has no residual scale to match)"}
+    delta, refits = None, 0
+    while refits < max_refits:
         new_delta = HUBER_EFFICIENCY_FACTOR * sigma
-        if rounds > 1 and abs(new_delta / delta - 1) < tolerance:
+        if delta is not None and abs(new_delta / delta - 1) < tolerance:
             break
         delta = new_delta
         theta, objective, n_refined = minimise(starts, ln_n, ln_d, ln_l, delta, n_refine, extra_starts=theta)
-    return {"delta": delta, "theta": theta, "objective": objective, "n_refined": n_refined, "rounds": rounds}
+        refits += 1
+        sigma = robust_scale(log_residuals(theta, ln_n, ln_d, ln_l)[0])
+    return {"delta": delta, "theta": theta, "objective": objective, "n_refined": n_refined,
+            "rule": f"matched: 1.345 x robust residual scale ({refits} refit{'s' if refits > 1 else ''})"}

@@ -96,7 +96,7 @@ def _approach3(final, n_col, loss, bootstrap, seed, delta, starts, n_refine, sen
     if delta == "matched":
         matched = matched_delta_fit(starts, ln_n, ln_d, ln_l, n_refine)
         delta, theta, objective, n_refined = (matched[k] for k in ("delta", "theta", "objective", "n_refined"))
-        rule = f"matched: 1.345 x robust residual scale ({matched['rounds']} rounds)"
+        rule = matched["rule"]
     else:
         require(isinstance(delta, (int, float)) and delta > 0,
                 f"huber_delta must be \"matched\" or a number > 0, got {delta!r}")
