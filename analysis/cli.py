@@ -238,7 +238,8 @@ def _one_audit_text(sweep, audit: pd.DataFrame, fit: Fit, format: str) -> str:
     loss = audit.columns[4]
     shown = audit[["run_id", "flops", "N", "tokens", loss, "predicted"]].copy()
     shown["95% interval"] = [tables.interval_text(lo, hi, format) for lo, hi in zip(audit["lower"], audit["upper"])]
-    shown["error"] = [f"{e:+.1%}" for e in audit["error"]]
+    percent = "\\%" if format == "latex" else "%"  # preformatted cells are not escaped
+    shown["error"] = [f"{100 * e:+.1f}{percent}" for e in audit["error"]]
     shown = shown.rename(columns={"N": attrs["N"]})
     head = (f"Extrapolation audit: {fit.law} fitted on the {attrs['n_train']} runs below "
             f"{attrs['holdout_flops']:.3g} FLOPs, predicting the {attrs['n_holdout']} at or above it")

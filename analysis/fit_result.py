@@ -133,7 +133,7 @@ class Fit:
 
     def _bounds(self, values: list[np.ndarray], scatter: bool) -> tuple[Any, Any]:
         require(self.samples is not None, f"{self.law}: no bootstrap replicates, so no interval "
-                                          f"(fit with bootstrap > 0)")
+                                          f"(fitted with bootstrap=0, or on too few points for one)")
         require("residual" in self.data, f"{self.law} predicts an allocation, not a loss: no prediction interval")
         shape = np.broadcast_shapes(*(v.shape for v in values))
         flat = [np.broadcast_to(v, shape).ravel()[None, :] for v in values]
