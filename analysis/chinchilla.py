@@ -4,10 +4,12 @@
                 curves); then N_opt ∝ C^a and D_opt ∝ C^b                           (Sec. 3.1)
     approach 2: per IsoFLOP budget a parabola of loss in ln N and its minimum; then the same
                 power laws                                                          (Sec. 3.2)
-    approach 3: L(N, D) = E + A/N^alpha + B/D^beta, Huber loss (delta = 1e-3) on
+    approach 3: L(N, D) = E + A/N^alpha + B/D^beta, Huber loss on
                 ln L - LSE(a - alpha ln N, b - beta ln D, e), summed over points, L-BFGS from a
                 grid of starts, the best kept; a = beta/(alpha+beta), b = alpha/(alpha+beta)
                                                                                     (Sec. 3.3, App. D.2)
+                Huber's delta is matched to the residual scale by default (1.345 sigma), not the
+                paper's 1e-3: see analysis.approach3.
 
 N counts all parameters by default (the paper's convention); `param_count="nonembed"` switches.
 Approach 1 measures C with the records' exact FLOP count (the paper counts attention and
@@ -17,31 +19,29 @@ embeddings, App. F); approach 3's `optimal_allocation` uses C = 6 N D, as the pa
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
 import numpy as np
 import pandas as pd
 
+# The objective, grid and minimiser of approach 3 live in analysis.approach3; the names below
+# (huber_objective, lbfgs, HOFFMANN_GRID, ...) stay importable from here, where they started.
+from analysis.approach3 import (APPROACH3_NAMES, GRID_AXES, HOFFMANN_GRID, HUBER_DELTA,  # noqa: F401
+                                approach3_allocation, approach3_loss, grid_objective, huber_objective,
+                                lbfgs, matched_delta_fit, minimise, params_of, refine_candidates)
 from analysis.fit_result import (DEFAULT_BOOTSTRAP, Fit, dropped_frame, enough_points, intervals_from,
                                  log_quality, require, resample_counts)
-from analysis.lbfgs import minimize_batched
 from analysis.select import (compute_column, final_rows, is_history, param_column, summary_of_dropped,
                              usable)
+from analysis.sensitivity import approach3_sensitivity
 
-HUBER_DELTA = 1e-3
-# Hoffmann et al. App. D.2: alpha, beta in {0, 0.5, ..., 2}, e in {-1, -0.5, ..., 1}, a, b in {0, 5, ..., 25}.
-GRID_AXES = {"a": np.arange(0, 26, 5.0), "b": np.arange(0, 26, 5.0), "e": np.arange(-1, 1.01, 0.5),
-             "alpha": np.arange(0, 2.01, 0.5), "beta": np.arange(0, 2.01, 0.5)}
-HOFFMANN_GRID = np.array(list(itertools.product(*GRID_AXES.values())))  # (4500, 5): a, b, e, alpha, beta
-APPROACH3_NAMES = ["E", "A", "B", "alpha", "beta", "a", "b"]
 ALLOCATION_NAMES = ["a", "b", "k_N", "k_D"]
 
 
 def fit_chinchilla(records: pd.DataFrame, approach: int = 3, *, param_count: str = "all",
                    loss: str = "val_loss", compute: str = "flops", bootstrap: int = DEFAULT_BOOTSTRAP,
-                   seed: int = 0, statuses=("complete",), huber_delta: float = HUBER_DELTA,
+                   seed: int = 0, statuses=("complete",), huber_delta: float | str = "matched",
                    starts: np.ndarray | None = None, n_refine: int | None = 8, n_levels: int = 250,
-                   warmup_fraction: float = 0.1) -> Fit:
+                   warmup_fraction: float = 0.1, sensitivity: bool | None = None) -> Fit:
     """Fit one of Hoffmann et al.'s three approaches to runs (`load_runs`) or learning curves.
 
     approach 1 uses learning curves (`load_history`) when given them, else each IsoFLOP budget's
@@ -49,10 +49,17 @@ def fit_chinchilla(records: pd.DataFrame, approach: int = 3, *, param_count: str
     param_count: "all" (Hoffmann's N, default) or "nonembed".
     compute: the FLOP column of approach 1 ("flops", the exact count, or "flops_6nd").
     bootstrap: replicates that resample runs (within each budget for approach 2), seeded by `seed`.
+    huber_delta: approach 3's Huber delta: "matched" (default) sets it to 1.345 x the residuals'
+        robust scale, re-estimated from the fit (analysis.approach3.matched_delta_fit); a number
+        fixes it (Hoffmann et al.'s is HUBER_DELTA = 1e-3). Bootstrap replicates keep the delta
+        of the full-data fit.
     starts: approach 3's L-BFGS starts, rows of (a, b, e, alpha, beta); default Hoffmann's grid.
     n_refine: approach 3 evaluates the objective at every start, then runs L-BFGS from the best start
         of each (alpha, beta) cell plus the `n_refine` best overall; None runs it from every start.
     n_levels: approach 1's log-spaced FLOP levels.
+    sensitivity: approach 3 only: run analysis.sensitivity's checks (the paper's delta, the profile
+        over E, leave one shape out) and keep them as `fit.sensitivity`; None (default) runs them
+        whenever the fit bootstraps, since they judge the objective against the bootstrap's spread.
     """
     require(approach in (1, 2, 3), f"approach must be 1, 2 or 3, got {approach!r}")
     require(bootstrap >= 0, f"bootstrap must be >= 0, got {bootstrap}")
@@ -63,7 +70,8 @@ def fit_chinchilla(records: pd.DataFrame, approach: int = 3, *, param_count: str
     dropped = summary_of_dropped(dropped)
     settings = {"approach": approach, "N": n_col, "D": "tokens", "loss": loss, "bootstrap": bootstrap, "seed": seed}
     if approach == 3:
-        fit = _approach3(final_rows(rows), n_col, loss, bootstrap, seed, huber_delta, starts, n_refine)
+        fit = _approach3(final_rows(rows), n_col, loss, bootstrap, seed, huber_delta, starts, n_refine,
+                        sensitivity)
     elif approach == 2:
         fit = _approach2(final_rows(rows), n_col, loss, bootstrap, seed)
     else:
@@ -75,85 +83,7 @@ def fit_chinchilla(records: pd.DataFrame, approach: int = 3, *, param_count: str
 # ---------------------------------------------------------------------------------------------
 # Approach 3
 
-def approach3_loss(params, N, D):
-    return (params["E"] + params["A"] / np.asarray(N, float) ** params["alpha"]
-            + params["B"] / np.asarray(D, float) ** params["beta"])
-
-
-def approach3_allocation(params, C):
-    """N_opt, D_opt minimising L(N, D) under C = 6 N D (Hoffmann et al. eq. 4)."""
-    alpha, beta = params["alpha"], params["beta"]
-    G = (alpha * params["A"] / (beta * params["B"])) ** (1 / (alpha + beta))
-    C = np.asarray(C, float)
-    return G * (C / 6) ** (beta / (alpha + beta)), (C / 6) ** (alpha / (alpha + beta)) / G
-
-
-def huber_objective(theta, ln_n, ln_d, ln_l, weights=None, delta: float = HUBER_DELTA):
-    """Hoffmann et al.'s objective and its gradient at theta = (a, b, e, alpha, beta):
-
-        sum_i w_i Huber_delta(LSE(a - alpha ln N_i, b - beta ln D_i, e) - ln L_i).
-
-    theta of shape (5,) gives a number and a (5,) gradient; (B, 5) gives one per row, with
-    `weights` (B, n_points) or shared (n_points,) or None (all ones).
-    """
-    theta = np.asarray(theta, float)
-    single = theta.ndim == 1
-    a, b, e, alpha, beta = (c[:, None] for c in np.atleast_2d(theta).T)
-    t1, t2 = a - alpha * ln_n, b - beta * ln_d
-    top = np.maximum(np.maximum(t1, t2), e)
-    x1, x2, x3 = np.exp(t1 - top), np.exp(t2 - top), np.exp(e - top)
-    total = x1 + x2 + x3
-    r = top + np.log(total) - ln_l
-    clipped = np.clip(r, -delta, delta)  # dHuber/dr
-    # Huber: r^2/2 for |r| <= delta, delta (|r| - delta/2) beyond; both are clipped * (r - clipped/2).
-    huber = clipped * (r - 0.5 * clipped)
-    dr = clipped / total  # divided by the LSE's denominator, shared by every term's derivative
-    if weights is not None:
-        huber, dr = huber * weights, dr * weights
-    g1, g2 = dr * x1, dr * x2
-    grad = np.stack([g1.sum(1), g2.sum(1), (dr * x3).sum(1), -(g1 @ ln_n), -(g2 @ ln_d)], axis=1)
-    value = huber.sum(1)
-    return (value[0], grad[0]) if single else (value, grad)
-
-
-def grid_objective(starts: np.ndarray, ln_n, ln_d, ln_l, delta: float = HUBER_DELTA) -> np.ndarray:
-    """The objective at every start, vectorised (in chunks to bound memory)."""
-    return np.concatenate([huber_objective(starts[lo:lo + 500], ln_n, ln_d, ln_l, None, delta)[0]
-                           for lo in range(0, len(starts), 500)])
-
-
-def lbfgs(theta0, ln_n, ln_d, ln_l, weights=None, delta: float = HUBER_DELTA):
-    """L-BFGS from every row of theta0 (B, 5), each with its row of `weights` (B, n) or shared
-    weights; returns (theta (B, 5), objective (B,)).
-
-    The objective is minimised divided by delta: the minimiser is the same, but a stopping rule
-    on the decrease of f relative to max(|f|, 1) (scipy's `ftol`, ours) is absolute when |f| < 1,
-    and the summed Huber loss with delta = 1e-3 is ~1e-3 here, so unscaled the optimiser stops
-    early (Besiroglu et al. 2024 found such early stops in the original fit).
-    """
-    theta0 = np.atleast_2d(np.asarray(theta0, float))
-    per_row = weights is not None and np.ndim(weights) == 2
-
-    def scaled(theta, rows):
-        w = weights[rows] if per_row else weights
-        value, grad = huber_objective(theta, ln_n, ln_d, ln_l, w, delta)
-        return value / delta, grad / delta
-
-    theta, value, _ = minimize_batched(scaled, theta0)
-    return theta, value * delta
-
-
-def refine_candidates(starts: np.ndarray, values: np.ndarray, n_refine: int | None) -> np.ndarray:
-    """Indices of the starts L-BFGS runs from: the best of every (alpha, beta) cell (the exponents
-    decide which basin a start falls in) plus the n_refine best overall; all when None."""
-    if n_refine is None:
-        return np.arange(len(starts))
-    cells = pd.DataFrame({"alpha": starts[:, 3], "beta": starts[:, 4], "value": values})
-    per_cell = cells.groupby(["alpha", "beta"])["value"].idxmin().to_numpy()
-    return np.union1d(per_cell, np.argsort(values)[:n_refine])
-
-
-def _approach3(final, n_col, loss, bootstrap, seed, delta, starts, n_refine):
+def _approach3(final, n_col, loss, bootstrap, seed, delta, starts, n_refine, sensitivity):
     n, d, l = (final[c].to_numpy(float) for c in (n_col, "tokens", loss))
     enough_points(len(final), 5, "approach 3")
     require(np.unique(n).size >= 2, f"approach 3: a single model size ({n[0]:.4g} parameters); "
@@ -163,36 +93,39 @@ def _approach3(final, n_col, loss, bootstrap, seed, delta, starts, n_refine):
     ln_n, ln_d, ln_l = np.log(n), np.log(d), np.log(l)
     starts = HOFFMANN_GRID if starts is None else np.atleast_2d(np.asarray(starts, float))
     require(starts.shape[1] == 5, "starts must be rows of (a, b, e, alpha, beta)")
-    values = grid_objective(starts, ln_n, ln_d, ln_l, delta)
-    candidates = refine_candidates(starts, values, n_refine)
-    found, objectives = lbfgs(starts[candidates], ln_n, ln_d, ln_l, None, delta)
-    theta, objective = found[np.argmin(objectives)], float(np.min(objectives))
+    if delta == "matched":
+        matched = matched_delta_fit(starts, ln_n, ln_d, ln_l, n_refine)
+        delta, theta, objective, n_refined = (matched[k] for k in ("delta", "theta", "objective", "n_refined"))
+        rule = matched["rule"]
+    else:
+        require(isinstance(delta, (int, float)) and delta > 0,
+                f"huber_delta must be \"matched\" or a number > 0, got {delta!r}")
+        theta, objective, n_refined = minimise(starts, ln_n, ln_d, ln_l, float(delta), n_refine)
+        rule = "fixed"
     samples = None
     if bootstrap and len(n) > 5:  # 5 points, 5 parameters: an exact fit, no interval
         # Replicates start at the full-data optimum: a resample of the same points shares its basin.
         counts = resample_counts(len(n), bootstrap, seed)
         boot, _ = lbfgs(np.repeat(theta[None], bootstrap, axis=0), ln_n, ln_d, ln_l, counts, delta)
-        samples = pd.DataFrame(_approach3_params(boot), columns=APPROACH3_NAMES)
-    params = dict(zip(APPROACH3_NAMES, map(float, _approach3_params(theta[None])[0])))
+        samples = pd.DataFrame(params_of(boot), columns=APPROACH3_NAMES)
+    params = dict(zip(APPROACH3_NAMES, map(float, params_of(theta[None])[0])))
     log_pred = np.log(approach3_loss(params, n, d))
     data = pd.DataFrame({"run_id": final["run_id"].to_numpy() if "run_id" in final else np.arange(len(n)),
                          "N": n, "D": d, "L": l, "residual": ln_l - log_pred})
-    if "flops_budget" in final:
-        data["flops_budget"] = final["flops_budget"].to_numpy(float)
+    for column in ("flops_budget", "n_layer", "d_model"):  # what the sensitivity checks group runs by
+        if column in final:
+            data[column] = final[column].to_numpy(float if column == "flops_budget" else None)
     quality = {"huber_objective": float(objective), **log_quality(ln_l, log_pred)}
-    return Fit(
+    fit = Fit(
         law="Chinchilla approach 3", formula="L = E + A/N^alpha + B/D^beta; N_opt ∝ C^a, D_opt ∝ C^b (C = 6ND)",
         inputs=("N", "D"), params=params, intervals=intervals_from(samples, params), data=data,
         dropped=dropped_frame([]), quality=quality,
-        settings={"huber_delta": delta, "n_starts": len(starts), "n_refined": len(candidates)},
-        model=approach3_loss, allocation=approach3_allocation, samples=samples)
-
-
-def _approach3_params(theta: np.ndarray) -> np.ndarray:
-    a, b, e, alpha, beta = theta.T
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return np.column_stack([np.exp(e), np.exp(a), np.exp(b), alpha, beta,
-                                beta / (alpha + beta), alpha / (alpha + beta)])
+        settings={"huber_delta": float(delta), "huber_delta_rule": rule, "n_starts": len(starts),
+                  "n_refined": n_refined},
+        model=approach3_loss, allocation=approach3_allocation, samples=samples, n_fitted=5)
+    if sensitivity or (sensitivity is None and samples is not None):
+        fit = dataclasses.replace(fit, sensitivity=approach3_sensitivity(fit, n_refine=n_refine))
+    return fit
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,7 +173,7 @@ def _allocation_fit(law: str, points: pd.DataFrame, boot_c: np.ndarray | None, b
     return Fit(law=law, formula="N_opt = k_N C^a, D_opt = k_D C^b", inputs=("C",), params=params,
                intervals=intervals_from(samples, params), data=data.reset_index(drop=True), dropped=dropped,
                quality=quality, settings=settings, model=allocation_law, allocation=allocation_law,
-               samples=samples)
+               samples=samples, n_fitted=4)
 
 
 # ---------------------------------------------------------------------------------------------

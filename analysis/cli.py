@@ -1,11 +1,15 @@
-"""`scaling fit` and `scaling table`: fitted laws and runs as markdown, CSV or LaTeX.
+"""`scaling fit`, `scaling table` and `scaling compare`: fitted laws, runs, extrapolation audits and
+compute multipliers as markdown, CSV or LaTeX.
 
     scaling fit RESULTS_DIR --law kaplan|chinchilla [--approach 1|2|3] [--bootstrap N] [--format md|csv|latex]
+    scaling fit RESULTS_DIR --law kaplan|chinchilla --holdout-flops C    # the extrapolation audit
     scaling table RESULTS_DIR [--format md|csv|latex] [--bootstrap N]
+    scaling compare A_DIR B_DIR [--bootstrap N] [--format md|csv|latex]   # B's compute multiplier over A
 
-The `scaling` console script calls `fit_command(argv)` / `table_command(argv)`. A user's mistake
-(a missing folder, no runs, too few points for a law) prints one line to stderr and returns 2.
-RESULTS_DIR may be one sweep's folder or a parent of several; each sweep is fitted on its own.
+The `scaling` console script calls `fit_command(argv)` / `table_command(argv)` / `compare_command(argv)`.
+A user's mistake (a missing folder, no runs, too few points for a law) prints one line to stderr and
+returns 2. RESULTS_DIR may be one sweep's folder or a parent of several; each sweep is fitted on its
+own. Each of compare's folders must hold one sweep.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import numpy as np
 import pandas as pd
 
 from analysis import tables
+from analysis.audit import audit_with_fit
 from analysis.chinchilla import fit_chinchilla
+from analysis.comparison import compare
 from analysis.emergence import optimal_loss_gap, probe_tasks, transitions
 from analysis.fit_result import DEFAULT_BOOTSTRAP, Fit
 from analysis.kaplan import fit_kaplan
@@ -43,7 +49,22 @@ def fit_command(argv: list[str]) -> int:
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP,
                         help=f"bootstrap replicates for the 95%% intervals (default {DEFAULT_BOOTSTRAP})")
     parser.add_argument("--format", default="md", choices=list(tables.FORMATS))
+    parser.add_argument("--holdout-flops", type=float, metavar="C",
+                        help="audit instead: fit on the runs with training FLOPs below C and predict the others "
+                             "(Chinchilla: approach 3; Kaplan: the joint L(N, D))")
     return _run(parser, argv, _fit)
+
+
+def compare_command(argv: list[str]) -> int:
+    parser = _Parser(prog="scaling compare", description="The compute multiplier of sweep B over sweep A: the "
+                                                         "compute A needs to reach B's loss, over B's compute, at "
+                                                         "each of B's budgets and overall (Chinchilla approach 3).")
+    parser.add_argument("a_dir", help="the baseline sweep's results folder (A)")
+    parser.add_argument("b_dir", help="the new sweep's results folder (B)")
+    parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP,
+                        help=f"bootstrap replicates of each fit for the 95%% intervals (default {DEFAULT_BOOTSTRAP})")
+    parser.add_argument("--format", default="md", choices=list(tables.FORMATS))
+    return _run(parser, argv, _compare)
 
 
 def table_command(argv: list[str]) -> int:
@@ -147,6 +168,9 @@ def _fits_text(sweep_fits, format: str) -> str:
         if len(sweep_fits) > 1:
             parts.append(f"% {sweep}\n" if format == "latex" else f"### {sweep}\n\n")
         parts.append(tables.fits_table(fits, format))
+        notes = [f"{fit.law} is fragile: {reason}" for fit in fits for reason in _fragile(fit)]
+        parts.append("".join(f"% {n}\n" for n in notes) if format == "latex"
+                     else "".join(f"\n> {n}\n" for n in notes))
     return "".join(parts)
 
 
@@ -154,8 +178,96 @@ def _fit(args) -> str:
     if args.law == "kaplan" and args.approach:
         raise UsageError("--approach applies to --law chinchilla only")
     runs, history = _records(args.results_dir)
+    if args.holdout_flops is not None:
+        return _audit_text(runs, history, args)
     approaches = (args.approach,) if args.approach else None
     return _fits_text(_sweep_fits(runs, history, args.law, approaches, args.bootstrap), args.format)
+
+
+def _audit_text(runs: pd.DataFrame, history: pd.DataFrame, args) -> str:
+    """The extrapolation audit of every sweep (one failing among several is a warning)."""
+    if args.approach not in (None, 3):
+        raise UsageError(f"--holdout-flops audits a loss law: approach 3, not {args.approach}")
+    if not args.holdout_flops > 0:
+        raise UsageError(f"--holdout-flops must be > 0, got {args.holdout_flops}")
+    sweeps, histories = _by_sweep(runs), _by_sweep(history)
+    parts, frames, problems = [], [], []
+    for sweep, sweep_runs in sweeps.items():
+        curves = histories.get(sweep, pd.DataFrame())
+        records = curves if args.law == "kaplan" and not curves.empty else sweep_runs
+        try:
+            audit, fit = audit_with_fit(records, law=args.law, holdout_flops=args.holdout_flops,
+                                        bootstrap=args.bootstrap)
+        except ValueError as exc:
+            if len(sweeps) == 1:
+                raise
+            problems.append(f"{sweep}: {_one_line(exc)}")
+            continue
+        if args.format == "csv":
+            frames.append(audit.assign(**({"sweep": sweep} if sweep is not None else {})))
+            continue
+        parts.append(_one_audit_text(sweep if len(sweeps) > 1 else None, audit, fit, args.format))
+    for problem in problems:
+        print(f"warning: no audit for {problem}", file=sys.stderr)
+    if not frames and not parts:
+        raise UsageError("no sweep could be audited: " + "; ".join(problems))
+    if args.format == "csv":
+        return tables.render(pd.concat(frames, ignore_index=True), "csv")
+    return "\n".join(parts)
+
+
+def _one_audit_text(sweep, audit: pd.DataFrame, fit: Fit, format: str) -> str:
+    attrs = audit.attrs
+    loss = audit.columns[4]
+    shown = audit[["run_id", "flops", "N", "tokens", loss, "predicted"]].copy()
+    shown["95% interval"] = [tables.interval_text(lo, hi, format) for lo, hi in zip(audit["lower"], audit["upper"])]
+    percent = "\\%" if format == "latex" else "%"  # preformatted cells are not escaped
+    shown["error"] = [f"{100 * e:+.1f}{percent}" for e in audit["error"]]
+    shown = shown.rename(columns={"N": attrs["N"]})
+    head = (f"Extrapolation audit: {fit.law} fitted on the {attrs['n_train']} runs below "
+            f"{attrs['holdout_flops']:.3g} FLOPs, predicting the {attrs['n_holdout']} at or above it")
+    inside = int(audit["inside"].sum())
+    summary = (f"median |error| = {attrs['median_abs_error']:.1%}; {inside} of {len(audit)} held-out runs "
+               f"({attrs['coverage']:.0%}) inside their 95% prediction interval")
+    notes = [summary] + [f"the fit below the split is fragile: {r}" for r in _fragile(fit)]
+    table = tables.render(shown, format, preformatted=("95% interval", "error"))
+    if format == "latex":
+        return f"% {head}\n{table}" + "".join(f"% {n}\n" for n in notes)
+    title = f"### {sweep}\n\n" if sweep is not None else ""
+    return f"{title}{head}\n\n{table}\n" + "".join(f"{n}\n" for n in notes)
+
+
+def _fragile(fit: Fit) -> list[str]:
+    return fit.sensitivity.fragile_reasons(fit) if fit.sensitivity is not None else []
+
+
+def _compare(args) -> str:
+    sweeps = []
+    for folder in (args.a_dir, args.b_dir):
+        runs, _ = _records(folder)
+        names = sorted(runs["sweep"].dropna().unique()) if "sweep" in runs else []
+        if len(names) > 1:
+            raise UsageError(f"{folder} holds several sweeps ({', '.join(names)}): pass one sweep's folder")
+        sweeps.append((names[0] if names else str(folder), runs))
+    (name_a, runs_a), (name_b, runs_b) = sweeps
+    if args.bootstrap < 2:
+        raise UsageError(f"--bootstrap must be >= 2 for the multiplier's interval, got {args.bootstrap}")
+    result = compare(runs_a, runs_b, bootstrap=args.bootstrap, names=(name_a, name_b))
+    frame = result.to_frame()
+    if args.format == "csv":
+        return tables.render(frame, "csv")
+    shown = pd.DataFrame({"budget C": frame["budget_label"], f"loss of {name_b}": frame["loss_b"],
+                          f"compute {name_a} needs": frame["compute_a"], "multiplier": frame["multiplier"],
+                          "95% interval": [tables.interval_text(lo, hi, args.format)
+                                           for lo, hi in zip(frame["lower"], frame["upper"])]})
+    head = (f"Compute multiplier of {name_b} over {name_a}: the compute {name_a} needs to reach {name_b}'s "
+            f"loss, over {name_b}'s compute (Chinchilla approach 3 fits, C = 6ND)")
+    lo, hi = result.interval
+    summary = f"{name_b} is worth {result.multiplier:.3g}x {name_a}'s compute [{lo:.3g}, {hi:.3g}] (95%)"
+    table = tables.render(shown, args.format, preformatted=("95% interval", "budget C"))
+    if args.format == "latex":
+        return f"% {head}\n{table}% {summary}\n"
+    return f"{head}\n\n{table}\n{summary}\n"
 
 
 def _table(args) -> str:

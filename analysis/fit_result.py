@@ -9,13 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 CONFIDENCE = 0.95
 DEFAULT_BOOTSTRAP = 1000
+
+
+class Prediction(NamedTuple):
+    """A law's prediction with its 95% interval (`Fit.predict(..., interval=True)`)."""
+
+    predicted: Any
+    lower: Any
+    upper: Any
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -35,6 +43,9 @@ class Fit:
     settings: how the fit was made: which parameter count is N, which loss and FLOP columns,
         bootstrap replicates, seed, ...
     samples: the bootstrap replicates, one row each, columns as `params`.
+    n_fitted: how many entries of `params` (the first) are free parameters; the rest are derived.
+    sensitivity: how the fit moves when its choices change (`analysis.sensitivity`), or None;
+        `repr` says in a line when it finds the fit fragile.
     """
 
     law: str
@@ -49,10 +60,32 @@ class Fit:
     model: Callable[..., Any] = field(repr=False)
     allocation: Callable[..., Any] | None = field(default=None, repr=False)
     samples: pd.DataFrame | None = field(default=None, repr=False)
+    n_fitted: int | None = None
+    sensitivity: Any = field(default=None, repr=False)
 
-    def predict(self, *args, **kwargs):
-        """The law at the given inputs, by position or by name: `fit.predict(N=1e6, D=2e7)`."""
-        return self.model(self.params, *self._bind(args, kwargs))
+    def predict(self, *args, interval: bool | str = False, **kwargs):
+        """The law at the given inputs, by position or by name: `fit.predict(N=1e6, D=2e7)`.
+
+        interval=True returns a `Prediction` (predicted, lower, upper) with the 95% prediction
+        interval: the percentiles over bootstrap replicates of the replicate's law at the inputs
+        times a residual drawn from the fit's (ln observed - ln predicted), scaled by
+        sqrt(n / (n - n_fitted)) because fitted residuals are smaller than fresh ones. So the
+        interval holds the parameters' uncertainty and the scatter of a new run about the law;
+        interval="parameters" leaves the scatter out (where the law itself lies).
+        """
+        values = self._bind(args, kwargs)
+        point = self.model(self.params, *values)
+        if interval is False:
+            return point
+        require(interval in (True, "prediction", "parameters"),
+                f"interval must be True, \"prediction\" or \"parameters\", got {interval!r}")
+        lower, upper = self._bounds(values, scatter=interval != "parameters")
+        return Prediction(point, lower, upper)
+
+    @property
+    def fragile(self) -> bool:
+        """True when the sensitivity checks found a reason not to trust the fit (see `repr`)."""
+        return self.sensitivity is not None and bool(self.sensitivity.fragile_reasons(self))
 
     def optimal_allocation(self, C):
         """(N_opt, D_opt) at compute C, for laws that imply a compute-optimal allocation."""
@@ -92,7 +125,36 @@ class Fit:
             ci = "" if np.isnan(lo) else f"[{lo:.4g}, {hi:.4g}]"
             lines.append(f"  {name:<12}{value:>12.4g}   {ci}")
         lines.append("  " + ", ".join(f"{k}={v:.4g}" for k, v in self.quality.items()))
+        if self.sensitivity is not None:
+            reasons = self.sensitivity.fragile_reasons(self)
+            if reasons:
+                lines.append("  fragile: " + "; ".join(reasons))
         return "\n".join(lines)
+
+    def _bounds(self, values: list[np.ndarray], scatter: bool) -> tuple[Any, Any]:
+        require(self.samples is not None, f"{self.law}: no bootstrap replicates, so no interval "
+                                          f"(fitted with bootstrap=0, or on too few points for one)")
+        require("residual" in self.data, f"{self.law} predicts an allocation, not a loss: no prediction interval")
+        shape = np.broadcast_shapes(*(v.shape for v in values))
+        flat = [np.broadcast_to(v, shape).ravel()[None, :] for v in values]
+        samples = self.samples.to_numpy(float)
+        samples = samples[np.isfinite(samples[:, :self.n_fitted or samples.shape[1]]).all(axis=1)]
+        require(len(samples) >= 2, f"{self.law}: fewer than 2 usable bootstrap replicates")
+        replicates = {name: samples[:, i:i + 1] for i, name in enumerate(self.samples.columns)}
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            log_predicted = np.log(self.model(replicates, *flat))  # (replicates, points)
+        if scatter:
+            residual = self.data["residual"].to_numpy(float)
+            residual = residual[np.isfinite(residual)]
+            n, k = len(residual), self.n_fitted or 0
+            inflation = np.sqrt(n / (n - k)) if n > k else 1.0
+            rng = np.random.default_rng(int(self.settings.get("seed", 0) or 0))
+            log_predicted = log_predicted + inflation * rng.choice(residual, size=log_predicted.shape)
+        tail = 100 * (1 - CONFIDENCE) / 2
+        lo, hi = np.exp(np.nanpercentile(log_predicted, [tail, 100 - tail], axis=0))
+        if shape == ():
+            return float(lo[0]), float(hi[0])
+        return lo.reshape(shape), hi.reshape(shape)
 
     def _bind(self, args, kwargs) -> list[np.ndarray]:
         if len(args) > len(self.inputs):

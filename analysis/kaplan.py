@@ -280,5 +280,5 @@ def _fit_joint(rows, n_col, c_col, loss, bootstrap, seed, *, warmup_fraction=0.1
         formula="L = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D; N_opt ∝ C^a_opt",
         inputs=("N", "D"), params=params, intervals=intervals_from(samples, params),
         data=data, dropped=dropped_frame([]), quality=log_quality(ln_l, log_pred), settings={"points": source},
-        model=joint_loss, allocation=joint_allocation, samples=samples,
+        model=joint_loss, allocation=joint_allocation, samples=samples, n_fitted=4,
     )

@@ -5,8 +5,12 @@ the figures its records support are written to `<sweep>/figures/` as PNG and PDF
 
     learning_curves                      always
     kaplan_figure1, kaplan_residuals     runs of a Kaplan grid (grid == "kaplan", or no flops_budget)
+    kaplan_audit                         the same: L(N, D) fitted on the smaller two thirds of the runs
+                                         (by FLOPs), predicting the rest (analysis.audit)
     isoflop, chinchilla_approach3,       runs with an IsoFLOP budget (flops_budget)
     chinchilla_residuals
+    chinchilla_audit                     the same: approach 3 fitted below the largest budget, predicting it
+    chinchilla_e_profile                 the same: approach 3's objective over a fixed E, leave one shape out
     emergence_<task>                     runs with probe columns (probe/<task>/<metric>), one per task
     confidence                           runs that record val_entropy and val_ece, at 2+ model sizes
     reliability                          runs with calibration tables (calibration.parquet)
@@ -30,6 +34,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis import plots  # noqa: E402
+from analysis.audit import audit_with_fit  # noqa: E402
 from analysis.chinchilla import fit_chinchilla  # noqa: E402
 from analysis.emergence import load_calibration, probe_tasks  # noqa: E402
 from analysis.fit_result import DEFAULT_BOOTSTRAP  # noqa: E402
@@ -90,6 +95,8 @@ def sweep_figures(sweep_dir: Path, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int
 
         attempt("kaplan_figure1", lambda: plots.kaplan_figure1(kaplan_curves, kaplan_fits()))
         attempt("kaplan_residuals", lambda: plots.residuals(kaplan_fits()))
+        attempt("kaplan_audit", lambda: plots.audit_figure(*audit_with_fit(kaplan_curves, law="kaplan",
+                                                                           bootstrap=bootstrap, seed=seed)))
 
     iso_ids = runs.loc[_isoflop_mask(runs), "run_id"]
     if len(iso_ids):
@@ -107,6 +114,10 @@ def sweep_figures(sweep_dir: Path, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int
             attempt("chinchilla_approach3", lambda: plots.chinchilla_fit(fits[3]))
         if fits:
             attempt("chinchilla_residuals", lambda: plots.residuals([fits[k] for k in sorted(fits)]))
+        attempt("chinchilla_audit", lambda: plots.audit_figure(*audit_with_fit(iso_runs, law="chinchilla",
+                                                                               bootstrap=bootstrap, seed=seed)))
+        if 3 in fits:
+            attempt("chinchilla_e_profile", lambda: plots.e_profile_figure(fits[3]))
 
     for task in probe_tasks(curves):
         attempt(f"emergence_{task}", lambda task=task: plots.emergence_figure(curves, task))

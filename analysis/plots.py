@@ -19,6 +19,12 @@ draw that true floor as a dashed line. The emergence and confidence figures live
                                       FLOPs, parameters and validation loss, with chance
     confidence_figure(runs)           final predictive entropy and ECE against model size
     reliability_figure(calibration)   reliability diagrams (15 confidence bins)
+
+and the figures that say how far to trust a fit live in `analysis.trust_figures`, also re-exported:
+
+    audit_figure(audit, fit)          an extrapolation audit: observed against predicted held-out runs
+    e_profile_figure(fit)             approach 3's objective over a fixed E; leave-one-group-out refits
+    compare_figure(comparison)        one sweep's compute multiplier over another, per budget
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from matplotlib.ticker import LogFormatterSciNotation, LogFormatter
 
 from analysis.fit_result import Fit, FitSet, as_fit_list
 from analysis.emergence import confidence_figure, emergence_figure, reliability_figure  # noqa: F401
+from analysis.trust_figures import audit_figure, compare_figure, e_profile_figure  # noqa: F401
 from analysis.select import final_rows, is_history, param_column, run_status
 
 LOSS_LABEL = "Validation loss (nats/token)"

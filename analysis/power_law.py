@@ -72,6 +72,7 @@ def fit_power_law(x, y, irreducible: bool = False, *, bootstrap: int = DEFAULT_B
         settings={"bootstrap": bootstrap, "seed": seed, "irreducible": irreducible},
         model=partial(_model, names=tuple(names)),
         samples=samples,
+        n_fitted=len(names),
     )
 
 

@@ -58,7 +58,7 @@ def fits_table(fits, format: str = "md") -> str:
     if format == "csv":
         return render(frame, format)
     shown = frame[["law", "parameter", "value"]].copy()
-    shown["95% interval"] = [_interval(lo, hi, format) for lo, hi in zip(frame["ci_low"], frame["ci_high"])]
+    shown["95% interval"] = [interval_text(lo, hi, format) for lo, hi in zip(frame["ci_low"], frame["ci_high"])]
     shown["points"] = frame["n_points"]
     shown["N"] = frame["N"]
     return render(shown, format, preformatted=("95% interval",))
@@ -109,10 +109,12 @@ def _number(value: float, format: str) -> str:
     return f"{float(mantissa):.4g}e{int(exponent)}"
 
 
-def _interval(lo: float, hi: float, format: str) -> str:
-    if not (np.isfinite(lo) and np.isfinite(hi)):
+def interval_text(lo: float, hi: float, format: str) -> str:
+    """"[lo, hi]"; empty when either end is NaN (no interval); an infinite end reads "inf"."""
+    if np.isnan(lo) or np.isnan(hi):
         return ""
-    return f"[{_number(lo, format)}, {_number(hi, format)}]"
+    ends = [("inf" if value > 0 else "-inf") if np.isinf(value) else _number(value, format) for value in (lo, hi)]
+    return f"[{ends[0]}, {ends[1]}]"
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",

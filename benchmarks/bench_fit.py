@@ -4,7 +4,9 @@
     python benchmarks/bench_fit.py --full     # also L-BFGS from every one of the 4,500 starts
 
 Target (issue 3): at most 10 s on 2 cores. The points are drawn from a known law
-(tests/analysis_fakes.py) with 1% lognormal noise.
+(tests/analysis_fakes.py) with 1% lognormal noise. The default fit includes the Huber delta matched
+to the residual scale and the sensitivity checks; benchmarks/bench_trust.py times those with the
+audit and the comparison of two sweeps.
 """
 
 from __future__ import annotations

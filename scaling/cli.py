@@ -1,4 +1,4 @@
-"""`scaling` command line: sweep, run, status, bench, fit, table.
+"""`scaling` command line: sweep, run, status, bench, fit, table, compare.
 
 User mistakes print one line on stderr and exit with status 2; no tracebacks.
 """
@@ -382,8 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-tokens", type=int, default=8192)
     b.set_defaults(func=cmd_bench)
 
-    for name in ("fit", "table"):
-        a = sub.add_parser(name, help=f"fitted laws / runs as a table (see `scaling {name} -h`)", add_help=False)
+    for name, what in (("fit", "fitted laws / runs as a table"), ("table", "fitted laws / runs as a table"),
+                       ("compare", "the compute multiplier of one sweep over another")):
+        a = sub.add_parser(name, help=f"{what} (see `scaling {name} -h`)", add_help=False)
         a.add_argument("rest", nargs=argparse.REMAINDER)
         a.set_defaults(func=lambda args, n=name: _analysis(f"{n}_command", args.rest))
     return p

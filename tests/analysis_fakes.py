@@ -69,6 +69,18 @@ class ChinchillaLaw:
         C = np.asarray(C, float)
         return G * (C / 6) ** self.a, (C / 6) ** self.b / G
 
+    def optimal_loss(self, C):
+        """The least loss at compute C = 6 N D."""
+        return self.loss(*self.optimal_allocation(C))
+
+    def with_compute_multiplier(self, multiplier: float) -> "ChinchillaLaw":
+        """A recipe worth `multiplier` x compute over this one: L'(N, D) = L(k N, k D) with
+        k = sqrt(multiplier), so its compute-optimal loss at C is this law's at multiplier x C
+        (the least of L(kN, kD) over N D = C/6 is the least of L over N D = k^2 C/6)."""
+        k = np.sqrt(multiplier)
+        return ChinchillaLaw(E=self.E, A=self.A * k ** -self.alpha, B=self.B * k ** -self.beta,
+                             alpha=self.alpha, beta=self.beta)
+
 
 @dataclass(frozen=True)
 class KaplanLaw:

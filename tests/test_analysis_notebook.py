@@ -47,7 +47,10 @@ def test_notebook_runs_on_fake_results(tmp_path, monkeypatch):
     notebook = execute(monkeypatch, SCALING_RESULTS=str(tmp_path), SCALING_BOOTSTRAP="50")
     assert not outputs(notebook, "error")
     images = sum("image/png" in o.get("data", {}) for o in outputs(notebook))
-    assert images == 6  # Kaplan: figure 1, learning curves, residuals; Chinchilla: IsoFLOP, approach 3, residuals
+    # Kaplan: figure 1, learning curves, residuals; Chinchilla: IsoFLOP, approach 3, residuals; the
+    # audits of both sweeps and approach 3's E profile (no synthetic sweep among the fakes).
+    assert images == 9
+    assert "median |error|" in "".join(o.get("text", "") for o in outputs(notebook, "stream"))
     text = "".join(o.get("text", "") for o in outputs(notebook, "stream"))
     assert "Chinchilla approach 3" in text and "N_opt =" in text and "\\begin{tabular}" in text
     results = "".join(o.get("data", {}).get("text/plain", "") for o in outputs(notebook, "execute_result"))

@@ -106,11 +106,12 @@ def test_make_plots_writes_every_figure_of_every_sweep(tmp_path):
                                  tokens=np.geomspace(1e8, 1e12, 4), n_evals=6), tmp_path)
     write_records(isoflop_records(ChinchillaLaw(), budgets=[1e14, 1e15, 1e16], n_sizes=5, n_evals=5), tmp_path)
     assert make_plots.main([str(tmp_path), "--bootstrap", "20"]) == 0
-    names = {f"{n}.{ext}" for n in ("learning_curves", "kaplan_figure1", "kaplan_residuals", "confidence")
-             for ext in ("png", "pdf")}
+    names = {f"{n}.{ext}" for n in ("learning_curves", "kaplan_figure1", "kaplan_residuals", "kaplan_audit",
+                                    "confidence") for ext in ("png", "pdf")}
     assert {p.name for p in (tmp_path / "kaplan" / "figures").iterdir()} == names
     names = {f"{n}.{ext}" for n in ("learning_curves", "isoflop", "chinchilla_approach3", "chinchilla_residuals",
-                                    "confidence") for ext in ("png", "pdf")}
+                                    "chinchilla_audit", "chinchilla_e_profile", "confidence")
+             for ext in ("png", "pdf")}
     assert {p.name for p in (tmp_path / "chinchilla" / "figures").iterdir()} == names
     assert make_plots.main([str(tmp_path / "nope")]) == 2
 
