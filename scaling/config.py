@@ -5,6 +5,11 @@ hash of the parts that change the science (shape, data, optimizer, schedule, tok
 objective, precision), so a rerun of the same sweep finds its own folder. Execution details that
 do not change the losses beyond float noise (mesh, micro-batch, attention implementation,
 checkpoint interval) are kept out of the hash: the same run can resume on a different machine.
+
+Every config checks its own values on construction (types, ranges, relations between its own
+fields) and raises `ConfigValueError(field, message)`; the sweep reader adds the file and the TOML
+key path. What needs several configs or the machine (a batch split over a mesh, task documents that
+fit seq_len, data files that exist) is checked by the reader, scaling/sweep/reader.py.
 """
 
 from __future__ import annotations
@@ -16,6 +21,11 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from scaling.config_checks import (
+    ConfigValueError, check, choice, entries, flag, from_dict, instance, integer, number, strings, task_name_problem,
+    text,
+)
 
 
 class ConfigError(Exception):
@@ -29,6 +39,7 @@ class ConfigError(Exception):
 
 SCHEDULES = ("cosine", "wsd", "constant")
 DTYPES = ("float32", "bfloat16", "float16")
+TOKEN_DTYPES = ("uint16", "uint32")
 MESH_PRESETS = ("dp", "fsdp", "fsdp_tp")
 # The named axes of each preset's mesh, outermost first, and the axis that takes "the rest" of the
 # devices when no axis size is -1. Tensor is innermost: its devices are neighbours (one host, NVLink).
@@ -37,6 +48,17 @@ MESH_REST_AXIS = {"dp": "data", "fsdp": "fsdp", "fsdp_tp": "fsdp"}
 ATTENTION = ("xla", "dot_product_attention")
 SOURCES = ("stdlib", "text", "tokens", "synthetic")
 LAUNCHERS = ("local", "slurm", "ray")
+GRIDS = ("kaplan", "isoflop")
+
+# Upper bounds on settings that the parent or a run allocates for before training starts, so that
+# a typo (1e9 for 1e3) is refused up front instead of exhausting memory. Each is far above what a
+# scaling sweep uses.
+MAX_SEQ_LEN = 1 << 16
+MAX_EVAL_POINTS = 10_000
+MAX_EVAL_SEQUENCES = 1 << 20
+MAX_PROBE_ITEMS = 100_000
+MAX_PROMPTS = 4096
+MAX_BEAM = 64
 
 
 @dataclass(frozen=True)
@@ -50,6 +72,14 @@ class ModelConfig:
     vocab_size: int
     seq_len: int
     tie_embeddings: bool = True
+
+    def __post_init__(self):
+        check(self, n_layer=integer(ge=1), d_model=integer(ge=1), n_head=integer(ge=1))
+        if self.d_model % self.n_head:
+            raise ConfigValueError("n_head", f"{self.n_head} does not divide d_model={self.d_model} (expected a "
+                                   "divisor of d_model)")
+        check(self, d_ff=integer(ge=1), vocab_size=integer(ge=2), seq_len=integer(ge=2, le=MAX_SEQ_LEN),
+              tie_embeddings=flag)
 
     @property
     def head_dim(self) -> int:
@@ -71,6 +101,19 @@ class SyntheticConfig:
     train_tokens: int = 4_000_000
     val_tokens: int = 100_000
 
+    def __post_init__(self):
+        # Token 0 separates documents: an alphabet is drawn from the other 255 byte values.
+        check(self, seed=integer(ge=0), components=integer(ge=1), zipf_exponent=number(ge=0),
+              alphabet=integer(ge=2, le=255), orders=entries(integer()))
+        if not self.orders or any(not 1 <= k <= 4 for k in self.orders):
+            raise ConfigValueError("orders", f"expected a non-empty list of orders in [1, 4], got {list(self.orders)}")
+        # A component of order k keeps a table row per context of k symbols.
+        if self.alphabet ** max(self.orders) > 1 << 16:
+            raise ConfigValueError("orders", f"alphabet^order = {self.alphabet}^{max(self.orders)} contexts is over "
+                                   "65536; lower the order or the alphabet")
+        check(self, concentration=number(gt=0), end_prob=number(gt=0, lt=1), train_tokens=integer(ge=1000),
+              val_tokens=integer(ge=1000))
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -81,6 +124,17 @@ class TaskSpec:
     kind: str
     weight: float = 1.0
     params: tuple[tuple[str, object], ...] = ()
+
+    def __post_init__(self):
+        problem = task_name_problem(self.name)
+        if problem:
+            raise ConfigValueError("name", problem)
+        check(self, kind=text("expected a task kind"), weight=number(gt=0))
+        pairs = isinstance(self.params, tuple) and all(
+            isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in self.params)
+        # Sorted and distinct: two specs of the same task are equal (and hash alike).
+        if not pairs or [k for k, _ in self.params] != sorted({k for k, _ in self.params}):
+            raise ConfigValueError("params", f"expected (name, value) pairs sorted by name, got {self.params!r}")
 
 
 @dataclass(frozen=True)
@@ -93,6 +147,15 @@ class TasksConfig:
     seed: int = 0
     tasks: tuple[TaskSpec, ...] = ()
 
+    def __post_init__(self):
+        check(self, rate=number(gt=0, le=0.9), heldout_fraction=number(gt=0, le=0.9),
+              probe_items=integer(ge=1, le=MAX_PROBE_ITEMS), seed=integer(ge=0), tasks=entries(instance(TaskSpec)))
+        if not self.tasks:  # blamed on the rate: it mixes in documents of no task
+            raise ConfigValueError("rate", "no tasks: add a table per task, e.g. [data.tasks.addition]")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) < len(names):  # a name is a record column
+            raise ConfigValueError("tasks", f"expected distinct task names, got {names}")
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -104,6 +167,19 @@ class DataConfig:
     base_dir: str = "."
     synthetic: SyntheticConfig | None = None  # source "synthetic" only
     tasks: TasksConfig | None = None
+
+    def __post_init__(self):
+        check(self, source=choice(SOURCES), paths=strings("expected a list of strings (files or globs)"))
+        if self.source in ("text", "tokens") and not self.paths:
+            raise ConfigValueError("paths", f"expected at least one path for source = {self.source!r}")
+        check(self, dtype=choice(TOKEN_DTYPES), val_fraction=number(gt=0, le=0.5), data_seed=integer(ge=0),
+              base_dir=text(), synthetic=instance(SyntheticConfig, optional=True),
+              tasks=instance(TasksConfig, optional=True))
+        if self.synthetic is not None and self.source != "synthetic":
+            raise ConfigValueError("synthetic", f'settings for source = "synthetic", but source = {self.source!r}')
+        if self.tasks is not None and self.source == "tokens":
+            raise ConfigValueError("tasks", "task documents are bytes: they mix only into a byte-level source "
+                                   '("stdlib", "text" or "synthetic")')
 
 
 @dataclass(frozen=True)
@@ -118,6 +194,11 @@ class SamplingConfig:
     top_p: float = 0.9
     beam: int = 4
     seed: int = 0
+
+    def __post_init__(self):
+        check(self, prompts=integer(ge=1, le=MAX_PROMPTS), prompt_tokens=integer(ge=1), new_tokens=integer(ge=1),
+              temperature=number(gt=0), top_k=integer(ge=1), top_p=number(gt=0, le=1),
+              beam=integer(ge=1, le=MAX_BEAM), seed=integer(ge=0))
 
 
 def decay_steps(decay: float, steps: int) -> int:
@@ -144,6 +225,15 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     warmup_steps: int | None = None
 
+    def __post_init__(self):
+        check(self, lr=number(gt=0), weight_decay=number(ge=0),
+              # Adam's moment averages need beta < 1: at 1 they never move from zero (Kingma & Ba 2015).
+              beta1=number(ge=0, lt=1), beta2=number(ge=0, lt=1), eps=number(gt=0), grad_clip=number(ge=0),
+              schedule=choice(SCHEDULES), warmup=number(ge=0, le=1), decay=number(ge=0, le=1),
+              min_lr_ratio=number(ge=0, le=1), warmup_steps=integer(ge=0, optional=True))
+        if self.schedule == "wsd" and self.warmup + self.decay > 1:
+            raise ConfigValueError("decay", "warmup + decay must be at most 1 (fractions of the run)")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -162,6 +252,13 @@ class TrainConfig:
     # jax.nn.dot_product_attention, cuDNN flash attention on GPUs that have it. Same math; float noise
     # apart, so it stays out of run_id (like the mesh) and a run may resume under the other.
     attention: str = "xla"
+
+    def __post_init__(self):
+        check(self, tokens=integer(ge=1), batch_tokens=integer(ge=1), micro_batch=integer(ge=0),
+              eval_points=integer(ge=1, le=MAX_EVAL_POINTS), eval_sequences=integer(ge=1, le=MAX_EVAL_SEQUENCES),
+              checkpoint_every=integer(ge=0), keep_checkpoints=flag, label_smoothing=number(ge=0, le=1),
+              entropy_coef=number(), param_dtype=choice(DTYPES), compute_dtype=choice(DTYPES),
+              attention=choice(ATTENTION))
 
     def batch_size(self, seq_len: int) -> int:
         """Global batch in sequences."""
@@ -190,18 +287,32 @@ class MeshConfig:
     fsdp: int | None = None
     tensor: int | None = None
 
+    def __post_init__(self):
+        check(self, preset=choice(MESH_PRESETS), size=integer(ge=-1))
+        if self.size == 0:
+            raise ConfigValueError("size", "expected a positive device count or -1 (all devices)")
+        names = MESH_AXES[self.preset]
+        for axis in ("data", "fsdp", "tensor"):
+            if getattr(self, axis) is None:
+                continue
+            check(self, **{axis: integer(ge=-1)})
+            if axis not in names:
+                raise ConfigValueError(axis, f"the {self.preset} preset has no {axis} axis (its axes: "
+                                       f"{', '.join(names)}; " 'preset = "fsdp_tp" has data, fsdp and tensor)')
+            if getattr(self, axis) == 0:
+                raise ConfigValueError(axis, "expected a positive axis size or -1 (the rest of the devices)")
+        rest = [axis for axis in names if getattr(self, axis) == -1]
+        if len(rest) > 1:
+            raise ConfigValueError(rest[1], f"only one axis may be -1 (the rest of the devices), got "
+                                   f"{' and '.join(rest)}")
+
     def axis_sizes(self, n_devices: int) -> dict[str, int]:
         """{axis: size} for a machine with `n_devices` devices, in mesh order.
 
         Raises MeshError (with the key to blame) when the mesh does not fit the devices."""
         names = MESH_AXES[self.preset]
         given = {a: getattr(self, a) for a in names if getattr(self, a) is not None}
-        for a in ("data", "fsdp", "tensor"):
-            if a not in names and getattr(self, a) is not None:
-                raise MeshError(a, f"the {self.preset} preset has no {a} axis (its axes: {', '.join(names)})")
-        rest = [a for a, v in given.items() if v == -1]
-        if len(rest) > 1:
-            raise MeshError(rest[1], f"only one axis may be -1 (the rest), got {', '.join(rest)}")
+        rest = [a for a, v in given.items() if v == -1]  # at most one, and only the preset's axes: __post_init__
         if not rest and MESH_REST_AXIS[self.preset] not in given:
             rest = [MESH_REST_AXIS[self.preset]]
         sizes = {a: given.get(a, 1) for a in names}
@@ -261,6 +372,15 @@ class SlurmConfig:
     setup: tuple[str, ...] = ()  # shell lines run before the job (module load, source .venv/bin/activate)
     folder: str | None = None  # submitit's logs and pickles; default <out_dir>/slurm
 
+    def __post_init__(self):
+        named = text("expected a non-empty string", optional=True)
+        check(self, partition=named, account=named, qos=named, constraint=named, nodes=integer(ge=1),
+              gpus_per_node=integer(ge=0), cpus_per_task=integer(ge=1, optional=True),
+              mem_gb=number(gt=0, optional=True), time_min=integer(ge=1), max_timeouts=integer(ge=0),
+              signal_delay_s=integer(ge=0), setup=strings("expected a list of shell lines (strings)"), folder=named)
+        if self.signal_delay_s >= self.time_min * 60:
+            raise ConfigValueError("signal_delay_s", f"must be shorter than the time limit ({self.time_min} min)")
+
     @property
     def tasks_per_node(self) -> int:
         return max(1, self.gpus_per_node)
@@ -276,6 +396,10 @@ class RayConfig:
     address: str = "auto"
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+
+    def __post_init__(self):
+        check(self, address=text('expected a cluster address such as "auto" or "ray://head:10001"'),
+              num_cpus=number(ge=0), num_gpus=number(ge=0))
 
     def devices_per_run(self) -> int:
         return max(1, int(self.num_gpus))
@@ -302,8 +426,20 @@ class RunSpec:
     flops_budget: float | None = None
     sampling: SamplingConfig | None = None
 
+    def __post_init__(self):
+        check(self, sweep=text(), grid=choice(GRIDS), model=instance(ModelConfig), data=instance(DataConfig),
+              optim=instance(OptimConfig), train=instance(TrainConfig), mesh=instance(MeshConfig),
+              seed=integer(ge=0), flops_budget=number(gt=0, optional=True),
+              sampling=instance(SamplingConfig, optional=True))
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunSpec:
+        """The spec whose `to_dict()` is `data`, also after a JSON round trip (a child process gets its
+        spec so): `RunSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec`, run_id included."""
+        return from_dict(cls, data)
 
     @property
     def batch_size(self) -> int:

@@ -2,6 +2,14 @@
 
 The whole file is checked before anything runs; the first mistake raises `ConfigError` naming the
 file, the key path and what was expected. `sweeps/README.md` is the reference for every key.
+
+Every config checks its own values on construction and takes its defaults from its dataclass fields
+(scaling/config.py); this module says which TOML key is which field and adds the key path to a
+refusal. Checked here, because they need several configs, the file system or the devices:
+batch_tokens a multiple of data.seq_len, vocab_size against the source, data paths that exist, every
+run at least one batch long, and the mesh, batch and micro-batch against the devices a run gets
+(`check_devices`). The grids check their own lists (scaling/sweep/grids.py: distinct entries, a
+budget that fits three sizes); scaling/sweep/instruments.py what needs the task registry or the model.
 """
 from __future__ import annotations
 
@@ -13,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scaling.config import (
-    ATTENTION, DTYPES, LAUNCHERS, MESH_AXES, MESH_PRESETS, SCHEDULES, SOURCES, ConfigError, DataConfig,
-    MeshConfig, MeshError, ModelConfig, OptimConfig, RayConfig, RunSpec, SlurmConfig, TrainConfig,
+    LAUNCHERS, ConfigError, ConfigValueError, DataConfig, MeshConfig, MeshError, OptimConfig, RayConfig, RunSpec,
+    SlurmConfig, TrainConfig,
 )
-from scaling.sweep.grids import ShapeRule, isoflop_grid, kaplan_grid
+from scaling.config_checks import check, choice, entries, field_default, field_types, flag, instance, integer, text
+from scaling.sweep.grids import BYTE_VOCAB, ShapeRule, grid_points
 from scaling.sweep.instruments import read_sampling, read_synthetic, read_tasks
-from scaling.sweep.table import (BYTE_VOCAB, MAX_EVAL_POINTS, MAX_EVAL_SEQUENCES, MAX_SEQ_LEN, MISSING, Table,
-                                 as_float, folder_name_problem, int_list, unique)
+from scaling.sweep.table import Settings, Table, folder_name_problem, from_toml, int_list, unique
 
 
 @dataclass(frozen=True)
@@ -27,9 +35,9 @@ class SweepConfig:
     name: str
     path: str
     out_dir: str
-    launcher: str
-    max_parallel: int
     runs: tuple[RunSpec, ...]
+    launcher: str = "local"
+    max_parallel: int = 1
     branch: bool = False  # [schedule] branch: WSD runs that differ only in D share a trunk (scaling/sweep/branch_plan.py)
     slurm: SlurmConfig = dataclasses.field(default_factory=SlurmConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
@@ -37,6 +45,19 @@ class SweepConfig:
     # process, at most `pack_size` at once (scaling/training/pack.py).
     pack: bool = False
     pack_size: int = 8
+
+    def __post_init__(self):
+        check(self, name=text())
+        problem = folder_name_problem(self.name)
+        if problem:
+            raise ConfigValueError("name", f"{problem} (the name is a folder: expected letters, digits, '-', '_' or "
+                                   f"'.', got {self.name!r})")
+        check(self, path=text(), out_dir=text("expected a non-empty folder"), runs=entries(instance(RunSpec)),
+              launcher=choice(LAUNCHERS), max_parallel=integer(ge=1), branch=flag, slurm=instance(SlurmConfig),
+              ray=instance(RayConfig), pack=flag, pack_size=integer(ge=1))
+        if self.branch and self.pack:
+            raise ConfigValueError("branch", "not both branch = true and [sweep] pack = true (a packed trunk writes "
+                                   "no branch seeds): choose one")
 
     def devices_per_run(self, launcher: str | None = None) -> int | None:
         """The devices one run gets under `launcher` (default: the sweep's), where the sweep file says:
@@ -59,10 +80,35 @@ class SweepConfig:
 def load_sweep(path: str | Path, *, device_count: int | None = None) -> SweepConfig:
     """Parse and validate a sweep file in full. Raises ConfigError on the first mistake."""
     path = Path(path)
+    root = Table(str(path), "", _parse(path))
+    sweep, seeds = _sweep_settings(root.sub("sweep"), path)
+    data, rule = _data_and_shape_rule(root, _base_dir(path))
+    optim, optim_settings, branch = _optim(root.sub("optimizer"), root.sub("schedule"))
+    train, train_settings = _train(root.sub("train"), rule.seq_len)
+    mesh, slurm, ray = (root.sub(k).config(cls) for k, cls in (("mesh", MeshConfig), ("slurm", SlurmConfig),
+                                                                ("ray", RayConfig)))
+    axes = _axes(root.sub("axes"), {"optim": (optim, optim_settings), "train": (train, train_settings)})
+    sampling = read_sampling(root, rule.seq_len, rule.vocab_size)
+    grids = grid_points(root, rule, train.batch_tokens)
+    root.finish()
+    if not grids:
+        raise ConfigError(root.file, "grid", "the sweep has no runs: add a [grid] table (models x tokens) or an "
+                          "[isoflop] table")
+    shared = dict(sweep=sweep.values["name"], data=data, mesh=mesh, sampling=sampling)
+    runs = _runs(root.file, shared, optim, train, grids, axes, seeds)
+    config = (sweep | branch).build(SweepConfig, path=root.file, runs=runs, slurm=slurm, ray=ray)
+    if config.branch:
+        from scaling.sweep.branch_plan import share_warmup
+        config = dataclasses.replace(config, runs=tuple(share_warmup(list(config.runs), config.path)))
+    check_devices(config, device_count)
+    return config
+
+
+def _parse(path: Path) -> dict:
     file = str(path)
     try:
         with open(path, "rb") as f:
-            doc = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(file, "", "no such file") from None
     except OSError as e:
@@ -72,184 +118,126 @@ def load_sweep(path: str | Path, *, device_count: int | None = None) -> SweepCon
     except tomllib.TOMLDecodeError as e:
         # tomllib's message already carries "(at line L, column C)".
         raise ConfigError(file, "", f"TOML syntax error: {e}") from None
-    root = Table(file, "", doc)
-    base_dir = str(path.resolve().parent.parent) if path.parent.name == "sweeps" else str(Path.cwd())
 
-    sw = root.sub("sweep")
-    name = sw.str("name", path.stem)
-    problem = folder_name_problem(name)
-    if problem:
-        raise sw.error("name", f"{problem} (the name is a folder: expected letters, digits, '-', '_' or '.', "
-                       f"got {name!r})")
-    out_dir = sw.str("out_dir", f"results/{name}")
-    if not out_dir.strip():
-        raise sw.error("out_dir", "expected a non-empty folder")
-    seeds = int_list(sw, "seeds", min=0) if "seeds" in sw.data else [0]
-    unique(sw, "seeds", seeds)
-    launcher = sw.str("launcher", "local", choices=LAUNCHERS)
-    max_parallel = sw.int("max_parallel", 1, min=1)
-    pack = sw.bool("pack", False)
-    pack_size = sw.int("pack_size", 8, min=1)
-    sw.finish()
 
-    d = root.sub("data")
-    source = d.str("source", "stdlib", choices=SOURCES)
-    paths = d.raw("paths", [])
-    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-        raise d.error("paths", f"expected a list of strings (files or globs), got {paths!r}")
-    paths = tuple(paths)
-    if source in ("text", "tokens") and not paths:
-        raise d.error("paths", f"expected at least one path for source = {source!r}")
-    dtype = d.str("dtype", "uint16", choices=("uint16", "uint32"))
-    vocab_size = d.int("vocab_size", BYTE_VOCAB if source != "tokens" else MISSING, min=2)
-    if source != "tokens" and vocab_size != BYTE_VOCAB:
-        raise d.error("vocab_size", f"the bytes tokenizer has 256 tokens, got {vocab_size}")
-    seq_len = d.int("seq_len", 128, min=2, max=MAX_SEQ_LEN)
-    val_fraction = d.float("val_fraction", 0.02, min=0.0, max=0.5, min_open=True)
-    data_seed = d.int("data_seed", 0, min=0)
-    synthetic = read_synthetic(d, source)
-    tasks = read_tasks(d, source, seq_len)
-    d.finish()
-    data_base = base_dir
-    _check_data(file, source, paths, dtype, vocab_size, data_base)
-    data = DataConfig(source=source, paths=paths, dtype=dtype, val_fraction=val_fraction, data_seed=data_seed,
-                      base_dir=data_base, synthetic=synthetic, tasks=tasks)
+def _base_dir(path: Path) -> str:
+    """What relative data paths are relative to: the project of a file in sweeps/, else the working folder."""
+    return str(path.resolve().parent.parent) if path.parent.name == "sweeps" else str(Path.cwd())
 
-    m = root.sub("model")
-    rule = ShapeRule(head_dim=m.int("head_dim", 32, min=1), ffn_ratio=m.float("ffn_ratio", 4.0, min=0, min_open=True),
-                      aspect_ratio=m.float("aspect_ratio", 32.0, min=0, min_open=True), vocab_size=vocab_size,
-                      seq_len=seq_len, tie_embeddings=m.bool("tie_embeddings", True))
-    m.finish()
 
-    o = root.sub("optimizer")
-    optim_kw = dict(lr=o.float("lr", 3e-3, min=0, min_open=True), weight_decay=o.float("weight_decay", 0.1, min=0),
-                    # Adam's moment averages need beta < 1: at 1 they never move from zero (Kingma & Ba 2015).
-                    beta1=o.float("beta1", 0.9, min=0, max=1, max_open=True),
-                    beta2=o.float("beta2", 0.95, min=0, max=1, max_open=True),
-                    eps=o.float("eps", 1e-8, min=0, min_open=True), grad_clip=o.float("grad_clip", 1.0, min=0))
-    o.finish()
-    s = root.sub("schedule")
-    optim_kw.update(schedule=s.str("kind", "cosine", choices=SCHEDULES), warmup=s.float("warmup", 0.05, min=0, max=1),
-                    decay=s.float("decay", 0.2, min=0, max=1), min_lr_ratio=s.float("min_lr_ratio", 0.1, min=0, max=1))
-    if optim_kw["warmup"] + (optim_kw["decay"] if optim_kw["schedule"] == "wsd" else 0) > 1:
-        raise s.error("decay", "warmup + decay must be at most 1 (fractions of the run)")
-    branch = s.bool("branch", False)
-    s.finish()
+def _sweep_settings(table: Table, path: Path) -> tuple[Settings, list[int]]:
+    """[sweep]: the SweepConfig's own keys (checked now: the name names every run), and the seeds."""
+    settings = table.values(SweepConfig, ("name", "out_dir", "launcher", "max_parallel", "pack", "pack_size"))
+    name = settings.values.setdefault("name", path.stem)
+    settings.values.setdefault("out_dir", f"results/{name}")
+    table.used.add("seeds")
+    seeds = int_list(table, "seeds", ge=0) if "seeds" in table.data else [field_default(RunSpec, "seed")]
+    unique(table, "seeds", seeds)
+    table.finish()
+    settings.build(SweepConfig, path=table.file, runs=())
+    return settings, seeds
 
-    t = root.sub("train")
-    batch_tokens = t.int("batch_tokens", 8192, min=1)
-    if batch_tokens % seq_len:
-        raise t.error("batch_tokens", f"{batch_tokens} is not a multiple of data.seq_len={seq_len}")
-    train_kw = dict(
-        batch_tokens=batch_tokens, micro_batch=t.int("micro_batch", 0, min=0),
-        eval_points=t.int("eval_points", 16, min=1, max=MAX_EVAL_POINTS),
-        eval_sequences=t.int("eval_sequences", 64, min=1, max=MAX_EVAL_SEQUENCES),
-        checkpoint_every=t.int("checkpoint_every", 200, min=0), keep_checkpoints=t.bool("keep_checkpoints", False),
-        label_smoothing=t.float("label_smoothing", 0.0, min=0, max=1),
-        entropy_coef=t.float("entropy_coef", 0.0),
-        param_dtype=t.str("param_dtype", "float32", choices=DTYPES),
-        compute_dtype=t.str("compute_dtype", "float32", choices=DTYPES),
-        attention=t.str("attention", "xla", choices=ATTENTION),
-    )
-    t.finish()
 
-    mesh = _mesh(root.sub("mesh"))
-    slurm = _slurm(root.sub("slurm"))
-    ray = _ray(root.sub("ray"))
+def _data_and_shape_rule(root: Table, base_dir: str) -> tuple[DataConfig, ShapeRule]:
+    """[data] and [model]: the data, and the rule that makes the models (data.vocab_size and
+    data.seq_len are every model's)."""
+    data_table, model_table = root.sub("data"), root.sub("model")
+    data_settings = data_table.values(DataConfig, ("source", "paths", "dtype", "val_fraction", "data_seed"))
+    rule_settings = (data_table.values(ShapeRule, ("vocab_size", "seq_len"))
+                     | model_table.values(ShapeRule, ("head_dim", "ffn_ratio", "aspect_ratio", "tie_embeddings")))
+    model_table.finish()
+    rule = rule_settings.build(ShapeRule)
+    source = data_settings.values.get("source", field_default(DataConfig, "source"))
+    synthetic = read_synthetic(data_table, source)
+    tasks = read_tasks(data_table, rule.seq_len)
+    data_table.finish()
+    data = data_settings.build(DataConfig, base_dir=base_dir, synthetic=synthetic, tasks=tasks)
+    # The tokenizer is the source's: bytes, or the token files' own vocabulary.
+    if data.source == "tokens" and "vocab_size" not in data_table.data:
+        raise data_table.error("vocab_size", "is required")
+    if data.source != "tokens" and rule.vocab_size != BYTE_VOCAB:
+        raise data_table.error("vocab_size", f"the bytes tokenizer has 256 tokens, got {rule.vocab_size}")
+    _check_data(root.file, data, rule.vocab_size)
+    return data, rule
 
-    axes = _axes(root.sub("axes"), optim_kw, train_kw)
-    sampling = read_sampling(root, seq_len, vocab_size)
 
-    grids: list[tuple[str, ModelConfig, int, float | None]] = []
-    if "grid" in root.data:
-        grids += kaplan_grid(root.sub("grid"), rule)
-    if "isoflop" in root.data:
-        grids += isoflop_grid(root.sub("isoflop"), rule, batch_tokens)
-    root.finish()
-    if not grids:
-        raise ConfigError(file, "grid", "the sweep has no runs: add a [grid] table (models x tokens) or an [isoflop] table")
+def _optim(optimizer_table: Table, schedule_table: Table) -> tuple[OptimConfig, Settings, Settings]:
+    """[optimizer] and [schedule] make one OptimConfig (schedule.kind is its `schedule`); [schedule]
+    branch is the SweepConfig's."""
+    settings = (optimizer_table.values(OptimConfig, ("lr", "weight_decay", "beta1", "beta2", "eps", "grad_clip"))
+                | schedule_table.values(OptimConfig, ("schedule", "warmup", "decay", "min_lr_ratio"),
+                                        rename={"schedule": "kind"}))
+    branch = schedule_table.values(SweepConfig, ("branch",))
+    optimizer_table.finish()
+    schedule_table.finish()
+    return settings.build(OptimConfig), settings, branch
 
-    runs, seen = [], set()
+
+# [train] batch_tokens when the file leaves it out (TrainConfig has no default: every run states its batch).
+BATCH_TOKENS = 8192
+
+
+def _train(table: Table, seq_len: int) -> tuple[TrainConfig, Settings]:
+    settings = table.values(TrainConfig, [f.name for f in dataclasses.fields(TrainConfig) if f.name != "tokens"])
+    settings.values.setdefault("batch_tokens", BATCH_TOKENS)
+    table.finish()
+    # Each grid point sets its own tokens; one stands in so that [train] is checked before the grids use it.
+    train = settings.build(TrainConfig, tokens=1)
+    if train.batch_tokens % seq_len:
+        raise table.error("batch_tokens", f"{train.batch_tokens} is not a multiple of data.seq_len={seq_len}")
+    return train, settings
+
+
+# The [axes] keys: which config each one varies ("optim" or "train"), and its field there.
+AXES = {"optimizer.lr": ("optim", "lr"), "optimizer.weight_decay": ("optim", "weight_decay"),
+        "schedule.kind": ("optim", "schedule"), "train.label_smoothing": ("train", "label_smoothing"),
+        "train.entropy_coef": ("train", "entropy_coef")}
+
+
+def _axes(table: Table, bases: dict[str, tuple]) -> list[dict[str, dict]]:
+    """Extra sweep axes, e.g. `[axes]  "optimizer.lr" = [1e-3, 3e-3]`, crossed with every grid point:
+    one {"optim": {field: value}, "train": {...}} per combination. Each value is checked by the config
+    it varies: the sweep's own (`bases`: the config and its Settings) with that one value in it."""
+    lists = []
+    for key in list(table.data):
+        if key not in AXES:
+            raise table.error(key, f"unknown sweep axis (known: {', '.join(AXES)})")
+        part, name = AXES[key]
+        config, settings = bases[part]
+        values = table.list(key)
+        unique(table, f'"{key}"', values)
+        values = [from_toml(v, field_types(type(config))[name]) for v in values]
+        for i, value in enumerate(values):
+            where = table.key(f'"{key}"[{i}]')
+            try:
+                dataclasses.replace(config, **{name: value})
+            except ConfigValueError as e:
+                if e.field == name:
+                    raise ConfigError(table.file, where, e.message) from None
+                raise settings.error(e, f"{e.message}, with {where} = {value!r}") from None
+        lists.append([(part, name, v) for v in values])
+    table.finish()
+    combinations = []
+    for combination in itertools.product(*lists):
+        overrides = {"optim": {}, "train": {}}
+        for part, name, value in combination:
+            overrides[part][name] = value
+        combinations.append(overrides)
+    return combinations
+
+
+def _runs(file: str, shared: dict, optim: OptimConfig, train: TrainConfig, grids, axes, seeds) -> tuple[RunSpec, ...]:
+    """Every grid point x axis combination x seed; two that resolve alike are one run."""
+    runs = {}
     for (kind, model, tokens, budget), overrides, seed in itertools.product(grids, axes, seeds):
-        o_kw = {**optim_kw, **{k: v for k, v in overrides.items() if k in optim_kw}}
-        if o_kw["schedule"] == "wsd" and o_kw["warmup"] + o_kw["decay"] > 1:
-            raise ConfigError(file, "schedule.decay", "warmup + decay must be at most 1 for the wsd schedule "
-                              "(fractions of the run; wsd is chosen in [axes])")
-        t_kw = {**train_kw, **{k: v for k, v in overrides.items() if k in train_kw}}
-        spec = RunSpec(sweep=name, grid=kind, model=model, data=data, optim=OptimConfig(**o_kw),
-                       train=TrainConfig(tokens=tokens, **t_kw), mesh=mesh, seed=seed, flops_budget=budget,
-                       sampling=sampling)
-        if spec.run_id not in seen:
-            seen.add(spec.run_id)
-            runs.append(spec)
-    if branch and pack:
-        raise ConfigError(file, "schedule.branch", "not both branch = true and [sweep] pack = true (a packed "
-                                                   "trunk writes no branch seeds): choose one")
-    if branch:
-        from scaling.sweep.branch_plan import share_warmup
-        runs = share_warmup(runs, file)
-    sweep = SweepConfig(name=name, path=file, out_dir=out_dir, launcher=launcher, max_parallel=max_parallel,
-                        runs=tuple(runs), branch=branch, slurm=slurm, ray=ray, pack=pack, pack_size=pack_size)
-    check_devices(sweep, device_count)
-    return sweep
-
-
-def _mesh(t: Table) -> MeshConfig:
-    preset = t.str("preset", "dp", choices=MESH_PRESETS)
-    size = t.int("size", -1, min=-1)
-    if size == 0:
-        raise t.error("size", "expected a positive device count or -1 (all devices)")
-    axes = {}
-    for axis in ("data", "fsdp", "tensor"):
-        value = t.optional(axis, lambda k: t.int(k, min=-1))
-        if value is None:
-            continue
-        if axis not in MESH_AXES[preset]:
-            raise t.error(axis, f"the {preset} preset has no {axis} axis (its axes: {', '.join(MESH_AXES[preset])}; "
-                          'preset = "fsdp_tp" has data, fsdp and tensor)')
-        if value == 0:
-            raise t.error(axis, "expected a positive axis size or -1 (the rest of the devices)")
-        axes[axis] = value
-    rest = [a for a, v in axes.items() if v == -1]
-    if len(rest) > 1:
-        raise t.error(rest[1], f"only one axis may be -1 (the rest of the devices), got {' and '.join(rest)}")
-    t.finish()
-    return MeshConfig(preset=preset, size=size, **axes)
-
-
-def _slurm(t: Table) -> SlurmConfig:
-    def text(k):
-        value = t.str(k)
-        if not value.strip():
-            raise t.error(k, "expected a non-empty string")
-        return value
-
-    setup = t.raw("setup", [])
-    if not isinstance(setup, list) or not all(isinstance(line, str) for line in setup):
-        raise t.error("setup", f"expected a list of shell lines (strings), got {setup!r}")
-    cfg = SlurmConfig(
-        partition=t.optional("partition", text), account=t.optional("account", text), qos=t.optional("qos", text),
-        constraint=t.optional("constraint", text), nodes=t.int("nodes", 1, min=1),
-        gpus_per_node=t.int("gpus_per_node", 0, min=0),
-        cpus_per_task=t.optional("cpus_per_task", lambda k: t.int(k, min=1)),
-        mem_gb=t.optional("mem_gb", lambda k: t.float(k, min=0, min_open=True)),
-        time_min=t.int("time_min", 60, min=1), max_timeouts=t.int("max_timeouts", 3, min=0),
-        signal_delay_s=t.int("signal_delay_s", 120, min=0), setup=tuple(setup),
-        folder=t.optional("folder", text))
-    if cfg.signal_delay_s >= cfg.time_min * 60:
-        raise t.error("signal_delay_s", f"must be shorter than the time limit ({cfg.time_min} min)")
-    t.finish()
-    return cfg
-
-
-def _ray(t: Table) -> RayConfig:
-    address = t.str("address", "auto")
-    if not address.strip():
-        raise t.error("address", 'expected a cluster address such as "auto" or "ray://head:10001"')
-    cfg = RayConfig(address=address, num_cpus=t.float("num_cpus", 1.0, min=0),
-                    num_gpus=t.float("num_gpus", 0.0, min=0))
-    t.finish()
-    return cfg
+        try:
+            spec = RunSpec(grid=kind, model=model, optim=dataclasses.replace(optim, **overrides["optim"]),
+                           train=dataclasses.replace(train, tokens=tokens, **overrides["train"]), seed=seed,
+                           flops_budget=budget, **shared)
+        except ConfigValueError as e:  # each axis value passed alone: two of them together are refused
+            raise ConfigError(file, "axes", str(e)) from None
+        runs.setdefault(spec.run_id, spec)
+    return tuple(runs.values())
 
 
 def check_devices(sweep: SweepConfig, device_count: int | None) -> None:
@@ -264,45 +252,19 @@ def check_runs(file: str, specs, device_count: int | None) -> None:
         _check_run(file, spec, device_count)
 
 
-_AXIS_KEYS = {"optimizer.lr": ("lr", "float"), "optimizer.weight_decay": ("weight_decay", "float"),
-              "schedule.kind": ("schedule", "str"), "train.label_smoothing": ("label_smoothing", "float"),
-              "train.entropy_coef": ("entropy_coef", "float")}
-# (min, max, min_open) of each float axis: the same bounds as the key it overrides.
-_AXIS_BOUNDS = {"lr": (0, None, True), "weight_decay": (0, None, False), "label_smoothing": (0, 1, False),
-                "entropy_coef": (None, None, False)}
-
-
-def _axes(t: Table, optim_kw, train_kw) -> list[dict]:
-    """Extra sweep axes, e.g. `[axes]  "optimizer.lr" = [1e-3, 3e-3]`, crossed with every grid point."""
-    lists = []
-    for key in list(t.data):
-        if key not in _AXIS_KEYS:
-            raise t.error(key, f"unknown sweep axis (known: {', '.join(_AXIS_KEYS)})")
-        name, kind = _AXIS_KEYS[key]
-        values = t.list(key)
-        unique(t, f'"{key}"', values)
-        if kind == "float":
-            values = [as_float(t, f'"{key}"[{i}]', v, *_AXIS_BOUNDS[name]) for i, v in enumerate(values)]
-        elif not all(isinstance(v, str) and v in SCHEDULES for v in values):
-            raise t.error(key, f"expected a list of {', '.join(SCHEDULES)}")
-        lists.append([(name, v) for v in values])
-    t.finish()
-    return [dict(combo) for combo in itertools.product(*lists)] if lists else [{}]
-
-
-def _check_data(file, source, paths, dtype, vocab_size, base_dir):
+def _check_data(file: str, data: DataConfig, vocab_size: int) -> None:
     from scaling.data.sources import DataError, check_source
     try:
-        check_source(source, paths=paths, dtype=dtype, vocab_size=vocab_size, base_dir=base_dir)
+        check_source(data.source, paths=data.paths, dtype=data.dtype, vocab_size=vocab_size, base_dir=data.base_dir)
     except DataError as e:
         raise ConfigError(file, "data.paths", str(e)) from None
 
 
 def _check_run(file: str, spec: RunSpec, device_count: int | None) -> None:
-    t, m = spec.train, spec.model
-    b = spec.batch_size
+    train, model, batch = spec.train, spec.model, spec.batch_size
     if spec.steps < 1:
-        raise ConfigError(file, "grid.tokens", f"{t.tokens} tokens is less than one batch of {t.batch_tokens} (run {spec.run_id})")
+        raise ConfigError(file, "grid.tokens", f"{train.tokens} tokens is less than one batch of {train.batch_tokens} "
+                          f"(run {spec.run_id})")
     if device_count is None:
         return
     try:
@@ -311,20 +273,19 @@ def _check_run(file: str, spec: RunSpec, device_count: int | None) -> None:
         raise ConfigError(file, f"mesh.{e.axis}", str(e)) from None
     # The tensor axis holds copies of the batch: rows split over data x fsdp only.
     shards = sizes.get("data", 1) * sizes.get("fsdp", 1)
-    if b % shards:
-        raise ConfigError(file, "train.batch_tokens", f"a batch of {b} sequences does not split over {shards} devices")
-    per_device = b // shards
-    if t.micro_batch and per_device % t.micro_batch:
-        raise ConfigError(file, "train.micro_batch", f"{t.micro_batch} does not divide the per-device batch of "
+    if batch % shards:
+        raise ConfigError(file, "train.batch_tokens", f"a batch of {batch} sequences does not split over {shards} "
+                          "devices")
+    per_device = batch // shards
+    if train.micro_batch and per_device % train.micro_batch:
+        raise ConfigError(file, "train.micro_batch", f"{train.micro_batch} does not divide the per-device batch of "
                           f"{per_device} sequences")
     fsdp, tensor = sizes.get("fsdp", 1), sizes.get("tensor", 1)
     fsdp_key = "mesh.fsdp" if spec.mesh.fsdp is not None else "mesh.size"
-    if fsdp > 1 and m.d_model % fsdp:
+    if fsdp > 1 and model.d_model % fsdp:
         raise ConfigError(file, fsdp_key, f"fsdp over {fsdp} devices needs d_model divisible by {fsdp} "
-                          f"(run {spec.run_id} has d_model={m.d_model})")
-    if tensor > 1 and (m.n_head % tensor or m.d_ff % tensor):
+                          f"(run {spec.run_id} has d_model={model.d_model})")
+    if tensor > 1 and (model.n_head % tensor or model.d_ff % tensor):
         raise ConfigError(file, "mesh.tensor", f"tensor parallelism over {tensor} devices splits heads and MLP units: "
-                          f"n_head and d_ff must be divisible by {tensor} (run {spec.run_id} has n_head={m.n_head}, "
-                          f"d_ff={m.d_ff})")
-
-
+                          f"n_head and d_ff must be divisible by {tensor} (run {spec.run_id} has "
+                          f"n_head={model.n_head}, d_ff={model.d_ff})")
