@@ -1,14 +1,38 @@
 """A GPT-2 style pre-LN decoder in Flax NNX, and its loss.
 
-Dimension letters used in names: B batch, S sequence, T tokens (B x S), D model, H heads, K head size,
-F feed-forward, V vocabulary. Parameters live in `param_dtype` (float32); matmuls run in
-`compute_dtype`; LayerNorm, softmax and the loss run in float32 (mixed-precision practice of
-Micikevicius et al. 2018).
+Dimension letters, used in names here and in scaling/science (`x_td`, `scores_bhsc`):
+
+    B  batch rows                     S  positions a call feeds (the training window; a prompt;
+    T  tokens, B x S                     one token per decoding step)
+    D  model width                    C  cache length: the positions a key-value cache holds
+    H  attention heads                P  prompt length
+    K  head size, D / H               N  new (generated) tokens
+    F  feed-forward width             W  beam width
+    V  vocabulary                     L  layers
+
+Parameters live in `param_dtype` (float32); matmuls run in `compute_dtype`; LayerNorm, softmax and
+the loss run in float32 (mixed-precision practice of Micikevicius et al. 2018).
 
 Between attentions the residual stream is kept as [T, D], so every dense layer and its gradients
 are plain 2-D matmuls; with a [B, S, D] stream XLA:CPU computed the weight gradients through
 transposed copies (benchmarks/NOTES.md, "Step speed": 12-14% less CPU time a step for the kaplan
 sweep's models).
+
+Every weight names its logical axes where it is made (Flax's `out_sharding` metadata, as
+`nnx.with_partitioning` writes it); scaling/training/sharding.py maps them to mesh axes per preset:
+
+    vocab     V: embedding rows, output-head columns
+    position  S: positional-embedding rows
+    embed     D: the model-width side of every matrix
+    qkv       3D: the fused query, key and value projections' outputs, [q | k | v], each H x K
+    heads     D as H x K: the attention output projection's input
+    mlp       F: the feed-forward hidden units
+    residual  D: a vector over the residual stream's features (LayerNorm gains and biases, the
+              biases added to the stream); too small for splitting to pay off
+
+One forward pass serves training and generation (as in Flax's examples/gemma): given a key-value
+cache and each token's position, `GPT.__call__` writes the tokens' keys and values into the cache
+and attends over it, so a decoding step costs one token's work instead of recomputing the prefix.
 """
 
 from __future__ import annotations
@@ -17,7 +41,7 @@ import math
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, traverse_util
 
 from scaling.config import ModelConfig
 
@@ -25,14 +49,39 @@ from scaling.config import ModelConfig
 # 1/sqrt(2 * n_layer) so the residual stream's variance does not grow with depth.
 INIT_STD = 0.02
 
+# A key-value cache: per layer {"k": [B, C, H, K], "v": [B, C, H, K]} in the compute dtype.
+KVCache = list[dict[str, jax.Array]]
 
-def _linear(d_in, d_out, std, rngs, dtype, param_dtype, bias=True):
-    return nnx.Linear(d_in, d_out, use_bias=bias, kernel_init=nnx.initializers.normal(std),
-                      bias_init=nnx.initializers.zeros_init(), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+def _axes(*logical: str) -> dict:
+    """Variable metadata naming a weight's logical axes. Not applied when the weight is made
+    (eager sharding off): the mesh and the preset's table are chosen by the run, after."""
+    return {"out_sharding": logical, "eager_sharding": False}
+
+
+def _linear(d_in, d_out, std, rngs, dtype, param_dtype, axes, bias_axis=None):
+    return nnx.Linear(d_in, d_out, use_bias=bias_axis is not None, kernel_init=nnx.initializers.normal(std),
+                      bias_init=nnx.initializers.zeros_init(), dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                      kernel_metadata=_axes(*axes), bias_metadata=_axes(bias_axis) if bias_axis else {})
 
 
 def _layernorm(d, rngs, param_dtype):
-    return nnx.LayerNorm(d, epsilon=1e-5, dtype=jnp.float32, param_dtype=param_dtype, rngs=rngs)
+    return nnx.LayerNorm(d, epsilon=1e-5, dtype=jnp.float32, param_dtype=param_dtype, rngs=rngs,
+                         scale_metadata=_axes("residual"), bias_metadata=_axes("residual"))
+
+
+def _attend(q_bshk, k_bchk, v_bchk, dtype, visible_bsc=None):
+    """Softmax attention (scores and softmax in float32) of each query over the keys it may see:
+    those at the slots `visible_bsc` marks, or by default the causal prefix of the call's own."""
+    scores_bhsc = jnp.einsum("bshk,bchk->bhsc", q_bshk, k_bchk).astype(jnp.float32) / math.sqrt(q_bshk.shape[-1])
+    if visible_bsc is None:
+        s = q_bshk.shape[1]
+        visible = jnp.tril(jnp.ones((s, s), dtype=bool))
+    else:
+        visible = visible_bsc[:, None]
+    scores_bhsc = jnp.where(visible, scores_bhsc, jnp.finfo(jnp.float32).min)
+    probs_bhsc = jax.nn.softmax(scores_bhsc, axis=-1).astype(dtype)
+    return jnp.einsum("bhsc,bchk->bshk", probs_bhsc, v_bchk)
 
 
 class Block(nnx.Module):
@@ -41,31 +90,35 @@ class Block(nnx.Module):
         resid_std = INIT_STD / math.sqrt(2 * cfg.n_layer)
         self.n_head, self.attention, self.dtype = cfg.n_head, attention, dtype
         self.ln1 = _layernorm(d, rngs, param_dtype)
-        self.qkv = _linear(d, 3 * d, INIT_STD, rngs, dtype, param_dtype)
-        self.proj = _linear(d, d, resid_std, rngs, dtype, param_dtype)
+        self.qkv = _linear(d, 3 * d, INIT_STD, rngs, dtype, param_dtype, ("embed", "qkv"), "qkv")
+        self.proj = _linear(d, d, resid_std, rngs, dtype, param_dtype, ("heads", "embed"), "residual")
         self.ln2 = _layernorm(d, rngs, param_dtype)
-        self.fc = _linear(d, f, INIT_STD, rngs, dtype, param_dtype)
-        self.fc_proj = _linear(f, d, resid_std, rngs, dtype, param_dtype)
+        self.fc = _linear(d, f, INIT_STD, rngs, dtype, param_dtype, ("embed", "mlp"), "mlp")
+        self.fc_proj = _linear(f, d, resid_std, rngs, dtype, param_dtype, ("mlp", "embed"), "residual")
 
-    def __call__(self, x_td, b, s):
-        """x_td: the residual stream as [tokens, D] (tokens = b * s): the dense layers and their
-        gradients are plain 2-D matmuls."""
+    def __call__(self, x_td, b, s, cache: dict | None = None, positions_bs=None):
+        """x_td: the residual stream as [T, D]. With a cache ({"k", "v"}: [B, C, H, K]) the tokens'
+        keys and values are written at their positions and each query attends to the slots at or
+        before its own position; returns (x_td, the updated cache or None)."""
         d = x_td.shape[-1]
         h = self.n_head
         qkv = self.qkv(self.ln1(x_td).astype(self.dtype))
         q_bshk, k_bshk, v_bshk = (t.reshape(b, s, h, d // h) for t in jnp.split(qkv, 3, axis=-1))
-        if self.attention == "dot_product_attention":
+        if cache is not None:
+            rows_b1 = jnp.arange(b)[:, None]
+            cache = {"k": cache["k"].at[rows_b1, positions_bs].set(k_bshk.astype(cache["k"].dtype)),
+                     "v": cache["v"].at[rows_b1, positions_bs].set(v_bshk.astype(cache["v"].dtype))}
+            visible_bsc = jnp.arange(cache["k"].shape[1])[None, None, :] <= positions_bs[:, :, None]
+            y_bshk = _attend(q_bshk, cache["k"].astype(self.dtype), cache["v"].astype(self.dtype), self.dtype,
+                             visible_bsc)
+        elif self.attention == "dot_product_attention":
             # cuDNN flash attention on GPUs that have it; XLA elsewhere.
             y_bshk = jax.nn.dot_product_attention(q_bshk, k_bshk, v_bshk, is_causal=True)
         else:
-            scores_bhss = jnp.einsum("bqhk,bshk->bhqs", q_bshk, k_bshk).astype(jnp.float32) / math.sqrt(d // h)
-            causal_ss = jnp.tril(jnp.ones((s, s), dtype=bool))
-            scores_bhss = jnp.where(causal_ss, scores_bhss, jnp.finfo(jnp.float32).min)
-            probs_bhss = jax.nn.softmax(scores_bhss, axis=-1).astype(self.dtype)
-            y_bshk = jnp.einsum("bhqs,bshk->bqhk", probs_bhss, v_bshk)
+            y_bshk = _attend(q_bshk, k_bshk, v_bshk, self.dtype)
         x_td = x_td + self.proj(y_bshk.reshape(b * s, d))
         x_td = x_td + self.fc_proj(jax.nn.gelu(self.fc(self.ln2(x_td).astype(self.dtype))))
-        return x_td
+        return x_td, cache
 
 
 class GPT(nnx.Module):
@@ -74,26 +127,60 @@ class GPT(nnx.Module):
         dtype, pdtype = jnp.dtype(compute_dtype), jnp.dtype(param_dtype)
         self.cfg, self.dtype = cfg, dtype
         self.wte = nnx.Embed(cfg.vocab_size, cfg.d_model, embedding_init=nnx.initializers.normal(INIT_STD),
-                             param_dtype=pdtype, rngs=rngs)
+                             param_dtype=pdtype, rngs=rngs, embedding_metadata=_axes("vocab", "embed"))
         self.wpe = nnx.Embed(cfg.seq_len, cfg.d_model, embedding_init=nnx.initializers.normal(0.01),
-                             param_dtype=pdtype, rngs=rngs)
+                             param_dtype=pdtype, rngs=rngs, embedding_metadata=_axes("position", "embed"))
         self.blocks = nnx.List([Block(cfg, rngs=rngs, dtype=dtype, param_dtype=pdtype, attention=attention)
                                 for _ in range(cfg.n_layer)])
         self.ln_f = _layernorm(cfg.d_model, rngs, pdtype)
         self.lm_head = None if cfg.tie_embeddings else _linear(cfg.d_model, cfg.vocab_size, INIT_STD, rngs, dtype,
-                                                               pdtype, bias=False)
+                                                               pdtype, ("embed", "vocab"))
 
-    def __call__(self, tokens_bs):
+    def __call__(self, tokens_bs, cache: KVCache | None = None, positions_bs=None):
+        """Logits [B, S, V] (float32) of the next token after each of `tokens_bs`.
+
+        Without a cache the tokens are a whole window from position 0 (training, evaluation).
+        With one (`init_cache`), `positions_bs` says where each token sits; returns (logits, the
+        cache with the tokens' keys and values). Rows may sit at different positions (ragged
+        prompts); a slot is visible to a query once written, so slots past a row's position may
+        hold anything."""
+        if (cache is None) != (positions_bs is None):
+            raise ValueError("a key-value cache and the tokens' positions go together")
         b, s = tokens_bs.shape
-        x_td = (self.wte(tokens_bs) + self.wpe(jnp.arange(s))[None]).reshape(b * s, -1)
-        for block in self.blocks:
-            x_td = block(x_td, b, s)
+        tokens_bsd = self.wte(tokens_bs)
+        positions_bsd = self.wpe(jnp.arange(s))[None] if cache is None else self.wpe(positions_bs)
+        x_td = (tokens_bsd + positions_bsd).reshape(b * s, -1)
+        layer_caches = [None] * len(self.blocks) if cache is None else cache
+        new_cache = []
+        for block, layer_cache in zip(self.blocks, layer_caches):
+            x_td, layer_cache = block(x_td, b, s, layer_cache, positions_bs)
+            new_cache.append(layer_cache)
         x_td = self.ln_f(x_td).astype(self.dtype)
         if self.lm_head is None:
             logits_tv = x_td @ self.wte.embedding[...].astype(self.dtype).T
         else:
             logits_tv = self.lm_head(x_td)
-        return logits_tv.reshape(b, s, -1).astype(jnp.float32)
+        logits_bsv = logits_tv.reshape(b, s, -1).astype(jnp.float32)
+        return logits_bsv if cache is None else (logits_bsv, new_cache)
+
+    def init_cache(self, batch: int, length: int | None = None) -> KVCache:
+        """An empty cache of `length` positions (default seq_len) for `batch` rows."""
+        shape = (batch, length or self.cfg.seq_len, self.cfg.n_head, self.cfg.head_dim)
+        return [{"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype)} for _ in self.blocks]
+
+
+def abstract(cfg: ModelConfig, **numerics) -> tuple[nnx.GraphDef, nnx.State]:
+    """The GPT's graph definition and parameter state of shapes only (no arrays made). `numerics`:
+    GPT's compute_dtype, param_dtype, attention."""
+    return nnx.split(nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0), **numerics)), nnx.Param)
+
+
+def bind(graphdef: nnx.GraphDef, template: nnx.State, params: dict) -> GPT:
+    """The module holding a flat parameter dict (`"blocks/0/qkv/kernel"`: array, as training keeps
+    them); under jit it only rearranges the traced arrays."""
+    state = jax.tree.map(lambda x: x, template)
+    nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(params, sep="/"))
+    return nnx.merge(graphdef, state)
 
 
 def token_losses(logits_bsv, targets_bs, *, label_smoothing: float = 0.0, entropy_coef: float = 0.0):
