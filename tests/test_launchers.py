@@ -18,14 +18,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
 
 from conftest import tiny_sweep
 from scaling import cli, records
-from scaling.training import sharding as shd
 from scaling.config import MeshConfig, MeshError
 from scaling.launch.slurm import RunTask, run_slurm
 from scaling.sweep.reader import load_sweep
@@ -305,23 +303,6 @@ def test_execution_settings_stay_out_of_run_id(tmp_path):
     assert a.run_id == b.run_id
     assert b.train.attention == "dot_product_attention" and b.mesh.tensor == 2
     assert load_sweep(other).launcher == "slurm" and load_sweep(other).slurm.gpus_per_node == 8
-
-
-def test_tensor_parallel_specs_are_megatron_style():
-    mesh = SimpleNamespace(axis_names=("data", "fsdp", "tensor"), shape={"data": 1, "fsdp": 2, "tensor": 2})
-    d, f, v = 64, 256, 256
-    spec = lambda name, shape: tuple(shd.leaf_spec(shape, mesh, name))
-    assert spec("blocks/0/qkv/kernel", (d, 3 * d)) == ("fsdp", "tensor")  # column-parallel
-    assert spec("blocks/0/qkv/bias", (3 * d,)) == ("tensor",)
-    assert spec("blocks/0/proj/kernel", (d, d)) == ("tensor", "fsdp")  # row-parallel
-    assert spec("blocks/0/proj/bias", (d,)) == ()  # added after the all-reduce: replicated
-    assert spec("blocks/0/fc/kernel", (d, f)) == ("fsdp", "tensor")
-    assert spec("blocks/0/fc/bias", (f,)) == ("tensor",)
-    assert spec("blocks/0/fc_proj/kernel", (f, d)) == ("tensor", "fsdp")
-    assert spec("wte/embedding", (v, d)) == ("tensor", "fsdp")  # vocabulary-parallel
-    assert spec("blocks/0/ln1/scale", (d,)) == ()
-    fsdp_only = SimpleNamespace(axis_names=("fsdp",), shape={"fsdp": 4})
-    assert tuple(shd.leaf_spec((d, f), fsdp_only, "blocks/0/fc/kernel")) == (None, "fsdp")  # largest dim
 
 
 def test_run_accepts_only_complete_coordinator_flags(tmp_path, capsys):

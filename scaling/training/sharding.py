@@ -1,14 +1,21 @@
 """Device meshes and the shardings of parameters, optimizer state and batches.
 
+Each weight of scaling/model.py names its logical axes where it is made ("embed", "mlp", ...; the
+model's docstring lists them); a preset's table (`LOGICAL_TO_MESH`) says which mesh axis splits each
+logical axis. A weight without logical axes, or with one that its preset's table does not list, is an
+error: renaming or adding a layer cannot silently leave it unsplit.
+
 Presets (MeshConfig.preset), axis sizes from the sweep file's [mesh] table:
 - `dp`:      one axis `data`; parameters replicated, the batch split along it.
-- `fsdp`:    one axis `fsdp`; the batch split along it and every matrix split along its largest
-             dimension that the axis divides (ZeRO-3 style, Rajbhandari et al. 2020), so each device
-             holds 1/n of parameters and Adam moments; XLA inserts the all-gathers.
+- `fsdp`:    one axis `fsdp`; the batch split along it and every matrix along its model-width (embed)
+             side (ZeRO-3 style, Rajbhandari et al. 2020), so each device holds 1/n of parameters and
+             Adam moments; XLA inserts the all-gathers. Vectors stay whole: an all-gather of a few
+             kilobytes costs its latency and saves nothing.
 - `fsdp_tp`: axes `data` x `fsdp` x `tensor`. The batch is split over data and fsdp together;
              matrices over fsdp as above; and over tensor Megatron style (Shoeybi et al. 2019,
              Sec. 3): qkv and fc column-parallel (their output features, i.e. heads and MLP hidden
-             units), proj and fc_proj row-parallel (their input features), the embedding
+             units, with their biases), proj and fc_proj row-parallel (their input features; their
+             biases are added after the all-reduce, so replicated), the embedding and output head
              vocabulary-parallel. XLA inserts the all-reduces after the row-parallel matmuls.
 
 A sharding never changes what is computed, only where: any spec is correct, these are the ones
@@ -26,6 +33,7 @@ import math
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -33,14 +41,16 @@ from scaling.config import MeshConfig
 
 BATCH_AXES = ("data", "fsdp")  # the axes a batch's rows are split over, where the mesh has them
 
-# Which dimension of a parameter the tensor axis splits, by the parameter's name in the model
-# (scaling/model.py: kernels are [in, out], embeddings [vocab, d_model]).
-_TENSOR_DIM = {
-    "qkv/kernel": 1, "qkv/bias": 0,  # column-parallel: heads
-    "proj/kernel": 0,  # row-parallel: its input is the heads' concatenation
-    "fc/kernel": 1, "fc/bias": 0,  # column-parallel: MLP hidden units
-    "fc_proj/kernel": 0,  # row-parallel
-    "wte/embedding": 0, "lm_head/kernel": 1,  # vocabulary-parallel
+# Logical axis -> the mesh axis that splits it (None: whole on every device), per preset. A dimension
+# that its mesh axis does not divide stays whole: validation (scaling/sweep/reader.py) makes d_model
+# divide by fsdp and n_head and d_ff by tensor, which covers every axis but vocab and position.
+LOGICAL_TO_MESH = {
+    "dp": {"vocab": None, "position": None, "embed": None, "qkv": None, "heads": None, "mlp": None,
+           "residual": None},
+    "fsdp": {"vocab": None, "position": None, "embed": "fsdp", "qkv": None, "heads": None, "mlp": None,
+             "residual": None},
+    "fsdp_tp": {"vocab": "tensor", "position": None, "embed": "fsdp", "qkv": "tensor", "heads": "tensor",
+                "mlp": "tensor", "residual": None},
 }
 
 
@@ -70,34 +80,61 @@ def describe(mesh: Mesh) -> str:
     return ",".join(f"{name}={size}" for name, size in mesh.shape.items())
 
 
-def leaf_spec(shape: tuple[int, ...], mesh: Mesh, name: str = "") -> P:
-    """Tensor axis by the parameter's name (see _TENSOR_DIM); fsdp on the largest remaining dimension
-    that the axis divides; everything else replicated. A dimension an axis does not divide stays
-    whole (validation makes sure the big matrices divide)."""
-    spec: list = [None] * len(shape)
-    if "tensor" in mesh.axis_names and mesh.shape["tensor"] > 1:
-        dim = next((d for suffix, d in _TENSOR_DIM.items() if name == suffix or name.endswith("/" + suffix)), None)
-        if dim is not None and dim < len(shape) and shape[dim] % mesh.shape["tensor"] == 0:
-            spec[dim] = "tensor"
-    if "fsdp" in mesh.axis_names and len(shape) >= 2:
-        n = mesh.shape["fsdp"]
-        for dim in sorted(range(len(shape)), key=lambda i: -shape[i]):
-            if spec[dim] is None and shape[dim] % n == 0:
-                spec[dim] = "fsdp"
-                break
+def logical_axes(state: nnx.State) -> dict[str, tuple[str, ...]]:
+    """The logical axes of every parameter, by flat name (`"blocks/0/qkv/kernel"`), as the model
+    declares them (`out_sharding` metadata). Raises on a parameter that declares none."""
+    out = {}
+    for name, variable in _by_name(state).items():
+        axes = variable.get_metadata().get("out_sharding")
+        if axes is None or len(axes) != len(variable.shape):
+            raise ValueError(f"parameter {name} {tuple(variable.shape)} declares logical axes {axes}: "
+                             "name one per dimension where the weight is made (scaling/model.py)")
+        out[name] = tuple(axes)
+    return out
+
+
+def partition_spec(name: str, axes: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh, preset: str) -> P:
+    """The PartitionSpec of parameter `name` with logical `axes` under `preset`'s table."""
+    table = LOGICAL_TO_MESH[preset]
+    spec = []
+    for axis, size in zip(axes, shape):
+        if axis not in table:
+            raise ValueError(f"parameter {name}: logical axis {axis!r} has no entry in the {preset} preset's "
+                             "table (sharding.LOGICAL_TO_MESH)")
+        mesh_axis = table[axis]
+        if mesh_axis is not None and mesh_axis not in mesh.axis_names:
+            raise ValueError(f"the {preset} preset splits {axis!r} over mesh axis {mesh_axis!r}, which the mesh "
+                             f"({describe(mesh)}) does not have")
+        spec.append(mesh_axis if mesh_axis is not None and size % mesh.shape[mesh_axis] == 0 else None)
     return P(*spec) if any(spec) else P()
 
 
-def _param_name(path) -> str:
-    """The flat parameter name ('blocks/0/qkv/kernel') in a path through params or optimizer state."""
-    keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
-    return str(keys[-1]) if keys else ""
+def param_shardings(state: nnx.State, mesh: Mesh, preset: str) -> dict[str, NamedSharding]:
+    """NamedShardings of the flat parameter dict of the model whose parameter state is `state`."""
+    variables = _by_name(state)
+    return {name: NamedSharding(mesh, partition_spec(name, axes, tuple(variables[name].shape), mesh, preset))
+            for name, axes in logical_axes(state).items()}
 
 
-def tree_shardings(tree, mesh: Mesh):
-    """NamedShardings for a flat parameter dict, or an optimizer state that holds such dicts."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, x: NamedSharding(mesh, leaf_spec(np.shape(x), mesh, _param_name(path))), tree)
+def _by_name(state: nnx.State) -> dict[str, nnx.Variable]:
+    return {"/".join(str(k) for k in path): variable for path, variable in nnx.to_flat_state(state)}
+
+
+def optimizer_shardings(opt_state, param_shardings: dict[str, NamedSharding], mesh: Mesh):
+    """NamedShardings of an optimizer state: a subtree that mirrors the parameters (Adam's moments)
+    takes their shardings; a scalar (a step count) is replicated. Any other leaf is an error, since
+    nothing says how to split it."""
+    params_structure = jax.tree.structure(param_shardings)
+    mirrors_params = lambda node: jax.tree.structure(node) == params_structure
+
+    def shard(node):
+        if mirrors_params(node):
+            return param_shardings
+        if np.shape(node) == ():
+            return replicated(mesh)
+        raise ValueError(f"an optimizer state leaf of shape {np.shape(node)} mirrors no parameter")
+
+    return jax.tree.map(shard, opt_state, is_leaf=mirrors_params)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

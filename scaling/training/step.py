@@ -169,10 +169,10 @@ def build_program(spec: RunSpec, mesh: jax.sharding.Mesh) -> Program:
     abstract_model = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0), **_dtypes(spec)))
     graphdef, state_template = nnx.split(abstract_model, nnx.Param)
     flat_abstract = _flatten(nnx.to_pure_dict(state_template))
-    param_shardings = shd.tree_shardings(flat_abstract, mesh)
+    param_shardings = shd.param_shardings(state_template, mesh, spec.mesh.preset)
     tx = make_optimizer(spec.optim, spec.steps)
     opt_abstract = jax.eval_shape(tx.init, flat_abstract)
-    opt_shardings = shd.tree_shardings(opt_abstract, mesh)
+    opt_shardings = shd.optimizer_shardings(opt_abstract, param_shardings, mesh)
 
     per_device = spec.batch_size // shd.batch_shards(mesh)  # the tensor axis holds copies of the rows
     micro = t.micro_batch or default_micro_batch(per_device, cfg.seq_len, mesh.devices.flat[0].platform)
