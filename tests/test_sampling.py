@@ -25,25 +25,32 @@ def model_and_params():
     return model, params
 
 
-def test_functional_forward_equals_the_flax_module(model_and_params):
+def test_a_prefill_of_the_whole_window_equals_the_training_pass(model_and_params):
     model, params = model_and_params
     tokens = jax.random.randint(jax.random.key(0), (3, CFG.seq_len), 0, 256)
-    np.testing.assert_allclose(sampling.forward(params, CFG, tokens), model(tokens), atol=2e-4, rtol=1e-4)
+    logits, _ = sampling.prefill(sampling.binder(CFG, "float32")(params), tokens)
+    np.testing.assert_allclose(logits, model(tokens), atol=2e-4, rtol=1e-4)
 
 
 def test_kv_cache_logits_equal_full_recompute(model_and_params):
-    model, params = model_and_params
+    model, _ = model_and_params
     tokens = np.asarray(jax.random.randint(jax.random.key(1), (2, 20), 0, 256))
     prompt = 7
-    step = jax.jit(sampling.step, static_argnums=1)
-    cache = sampling.init_cache(CFG, 2, jnp.float32)
-    logits, cache = step(params, CFG, tokens[:, :prompt], np.broadcast_to(np.arange(prompt), (2, prompt)), cache)
+    step = nnx.jit(lambda gpt, tokens_bs, cache, positions_bs: gpt(tokens_bs, cache, positions_bs))
+    positions = np.broadcast_to(np.arange(prompt), (2, prompt))
+    logits, cache = step(model, tokens[:, :prompt], model.init_cache(2), positions)
     incremental = [logits]
     for pos in range(prompt, 20):  # one token per step, the rest read from the cache
-        logits, cache = step(params, CFG, tokens[:, pos:pos + 1], np.full((2, 1), pos), cache)
+        logits, cache = step(model, tokens[:, pos:pos + 1], cache, np.full((2, 1), pos))
         incremental.append(logits)
     full = model(jnp.asarray(tokens))
     np.testing.assert_allclose(jnp.concatenate(incremental, axis=1), full, atol=2e-4, rtol=1e-4)
+
+
+def test_a_cache_without_positions_is_refused(model_and_params):
+    model, _ = model_and_params
+    with pytest.raises(ValueError, match="go together"):
+        model(jnp.zeros((1, 4), jnp.int32), model.init_cache(1))
 
 
 def test_greedy_generation_matches_argmax_of_full_recompute_with_ragged_prompts(model_and_params):

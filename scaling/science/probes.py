@@ -23,6 +23,7 @@ cost a few steps.
 All items of all tasks are scored together in fixed-size chunks by one compiled pass per run,
 whatever the number of tasks: a forward over prompt + target gives the teacher-forced metrics and
 the key-value cache from which greedy decoding continues each prompt (scaling/science/sampling.py).
+Dimension letters as in scaling/model.py (S here: prompt + target positions).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class Probes:
     them all."""
 
     def __init__(self, cfg: TasksConfig, model: ModelConfig, dtype: str = "float32", chunk: int = CHUNK):
-        self.model, self.dtype, self.chunk = model, dtype, chunk
+        self.model, self.chunk = model, chunk
         self.tasks: list[_TaskItems] = []
         prompts, targets = [], []
         for spec in cfg.tasks:
@@ -96,24 +97,23 @@ class Probes:
             self.full[i, :len(p) + len(t)] = list(p + t)
             self.target_mask[i, len(p) - 1:len(p) + len(t) - 1] = True
             self.prompt_len[i] = len(p)
+        self._bind = sampling.binder(model, dtype)
         self._pass = jax.jit(self._probe_pass)
 
-    def _probe_pass(self, params, full_bl, prompt_len_b, n_steps):
+    def _probe_pass(self, params, full_bs, prompt_len_b, n_steps):
         """One forward over prompt + target (teacher-forced metrics), whose cache then serves greedy
         decoding from the end of each prompt: no separate prefill."""
-        dtype = jnp.dtype(self.dtype)
-        b, length = full_bl.shape
-        positions = jnp.broadcast_to(jnp.arange(length), (b, length))
-        logits_blv, cache = sampling.step(params, self.model, full_bl, positions,
-                                          sampling.init_cache(self.model, b, dtype, length), dtype)
-        logp = jax.nn.log_softmax(logits_blv[:, :-1], axis=-1)
-        targets = full_bl[:, 1:]
+        gpt = self._bind(params)
+        b, length = full_bs.shape
+        logits_bsv, cache = sampling.prefill(gpt, full_bs, length)
+        logp = jax.nn.log_softmax(logits_bsv[:, :-1], axis=-1)
+        targets = full_bs[:, 1:]
         logp_target = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
         probs = jnp.exp(logp)
         brier = jnp.sum(probs * probs, axis=-1) - 2.0 * jnp.exp(logp_target) + 1.0
         correct = jnp.argmax(logp, axis=-1) == targets
-        last_bv = logits_blv[jnp.arange(b), prompt_len_b - 1]
-        tokens = sampling.greedy_loop(params, self.model, last_bv, cache, prompt_len_b, n_steps, self.max_new, dtype)
+        last_bv = logits_bsv[jnp.arange(b), prompt_len_b - 1]
+        tokens = sampling.greedy_loop(gpt, last_bv, cache, prompt_len_b, n_steps, self.max_new)
         return logp_target, correct, brier, tokens
 
     def chance_columns(self) -> dict[str, float]:
