@@ -169,13 +169,13 @@ class GPT(nnx.Module):
         return [{"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype)} for _ in self.blocks]
 
 
-def abstract(cfg: ModelConfig, **numerics) -> tuple[nnx.GraphDef, nnx.State]:
+def abstract_model(cfg: ModelConfig, **numerics) -> tuple[nnx.GraphDef, nnx.State]:
     """The GPT's graph definition and parameter state of shapes only (no arrays made). `numerics`:
     GPT's compute_dtype, param_dtype, attention."""
     return nnx.split(nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0), **numerics)), nnx.Param)
 
 
-def bind(graphdef: nnx.GraphDef, template: nnx.State, params: dict) -> GPT:
+def bind_params(graphdef: nnx.GraphDef, template: nnx.State, params: dict) -> GPT:
     """The module holding a flat parameter dict (`"blocks/0/qkv/kernel"`: array, as training keeps
     them); under jit it only rearranges the traced arrays."""
     state = jax.tree.map(lambda x: x, template)

@@ -22,7 +22,7 @@ CFG = ModelConfig(n_layer=2, d_model=64, n_head=4, d_ff=256, vocab_size=256, seq
 
 
 def _state(cfg: ModelConfig):
-    return model.abstract(cfg)[1]
+    return model.abstract_model(cfg)[1]
 
 
 @pytest.mark.parametrize("tie", [True, False])

@@ -32,8 +32,8 @@ _SAMPLERS = STRATEGIES[:4]  # chosen at run time inside one compiled program; be
 def binder(cfg: ModelConfig, dtype: str) -> Callable[[dict], model.GPT]:
     """From a flat parameter dict (training's layout) to the GPT holding it, matmuls and cache in
     `dtype`: for use inside jit, where it only rearranges the traced arrays."""
-    graphdef, template = model.abstract(cfg, compute_dtype=dtype)
-    return lambda params: model.bind(graphdef, template, params)
+    graphdef, template = model.abstract_model(cfg, compute_dtype=dtype)
+    return lambda params: model.bind_params(graphdef, template, params)
 
 
 def prefill(gpt: model.GPT, prompts_bp, cache_len: int | None = None):

@@ -20,7 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 from scaling.training import sharding as shd
 from scaling.config import OptimConfig, RunSpec, decay_steps
-from scaling.model import GPT, token_losses
+from scaling.model import GPT, abstract_model, bind_params, token_losses
 
 ECE_BINS = 15  # equal-width confidence bins (Guo et al. 2017)
 
@@ -134,9 +134,7 @@ class Program:
     hyper: dict  # this run's step_hyper values, as replicated float32 arrays
 
     def model(self, params: dict) -> GPT:
-        state = jax.tree.map(lambda x: x, self.state_template)
-        nnx.replace_by_pure_dict(state, _unflatten(params))
-        return nnx.merge(self.graphdef, state)
+        return bind_params(self.graphdef, self.state_template, params)
 
     def init_params(self) -> dict:
         """Initial parameters from the run's seed, created already sharded. The seed is an input of
@@ -166,8 +164,7 @@ def _dtypes(spec: RunSpec) -> dict:
 
 def build_program(spec: RunSpec, mesh: jax.sharding.Mesh) -> Program:
     cfg, t = spec.model, spec.train
-    abstract_model = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0), **_dtypes(spec)))
-    graphdef, state_template = nnx.split(abstract_model, nnx.Param)
+    graphdef, state_template = abstract_model(cfg, **_dtypes(spec))
     flat_abstract = _flatten(nnx.to_pure_dict(state_template))
     param_shardings = shd.param_shardings(state_template, mesh, spec.mesh.preset)
     tx = make_optimizer(spec.optim, spec.steps)
@@ -179,9 +176,7 @@ def build_program(spec: RunSpec, mesh: jax.sharding.Mesh) -> Program:
     n_micro = per_device // micro
 
     def forward(params, inputs_bs):
-        state = jax.tree.map(lambda x: x, state_template)
-        nnx.replace_by_pure_dict(state, _unflatten(params))
-        return nnx.merge(graphdef, state)(inputs_bs)
+        return bind_params(graphdef, state_template, params)(inputs_bs)
 
     def train_step(params, opt_state, batch_mbs, hyper):
         step = make_train_step(forward, make_optimizer(spec.optim, spec.steps, hyper), n_micro,
