@@ -65,10 +65,11 @@ def _python(code: str, *args, n_devices: int, cwd: Path) -> dict:
 FOUR_DEVICES = """
     import json, sys
     import numpy as np
-    from scaling import records, sharding as shd, train as tr
-    from scaling.checkpoint import Checkpoints
-    from scaling.run import Halt, train_run
-    from scaling.sweep import load_sweep
+    from scaling import records
+    from scaling.training import sharding as shd, step as tr
+    from scaling.training.checkpoint import Checkpoints
+    from scaling.training.run import Halt, train_run
+    from scaling.sweep.reader import load_sweep
 
     spec = load_sweep(sys.argv[1], device_count=4).runs[0]
     whole = train_run(spec, sys.argv[2])
@@ -91,11 +92,13 @@ FOUR_DEVICES = """
 TWO_DEVICES = """
     import dataclasses, json, sys
     import numpy as np
-    from scaling import data as data_mod, records, sharding as shd, train as tr
-    from scaling.checkpoint import Checkpoints
-    from scaling.config import MeshConfig
-    from scaling.run import train_run
-    from scaling.sweep import load_sweep
+    from scaling import records
+    from scaling.data.batches import validation_windows
+    from scaling.data.sources import open_source
+    from scaling.training import sharding as shd, step as tr
+    from scaling.training.checkpoint import Checkpoints
+    from scaling.training.run import train_run
+    from scaling.sweep.reader import load_sweep
 
     spec = load_sweep(sys.argv[1], device_count=2).runs[0]
     mesh = shd.make_mesh(spec.mesh)
@@ -107,9 +110,9 @@ TWO_DEVICES = """
     ckpt.close()
     kernel = state["params"]["blocks/0/fc/kernel"]
     out["shard_shape"], out["kernel_shape"] = list(kernel.addressable_shards[0].data.shape), list(kernel.shape)
-    source = data_mod.open_source("stdlib")
+    source = open_source("stdlib")
     n_val = tr.n_eval_windows(spec, shd.batch_shards(mesh), len(source.val) // spec.model.seq_len)
-    windows = data_mod.validation_windows(source.val, spec.model.seq_len, n_val)
+    windows = validation_windows(source.val, spec.model.seq_len, n_val)
     out["multiprocess_val_loss"] = tr.evaluate(program, state["params"], windows,
                                                tr.eval_chunk(spec, shd.batch_shards(mesh)))["val_loss"]
 
@@ -205,12 +208,12 @@ def test_a_run_stopped_on_four_devices_resumes_on_two(runs):
 # signal comes while the step-10 checkpoint is being written: the write must finish first.
 PREEMPTED_PROCESS = """
     import json, os, signal, sys
-    from scaling import distributed
+    from scaling.launch import distributed
     distributed.initialize("on", coordinator=sys.argv[3], num_processes=2, process_id=int(sys.argv[4]))
     import jax
-    from scaling import preemption
-    from scaling.run import train_run
-    from scaling.sweep import load_sweep
+    from scaling.training import preemption
+    from scaling.training.run import train_run
+    from scaling.sweep.reader import load_sweep
     import orbax.checkpoint as ocp
     written = []  # the steps whose orbax write has finished
     orbax_save, orbax_wait = ocp.CheckpointManager.save, ocp.CheckpointManager.wait_until_finished
