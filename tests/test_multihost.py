@@ -188,7 +188,7 @@ def test_two_processes_give_the_losses_of_one_process(runs):
 def test_a_checkpoint_written_by_two_processes_restores_on_two_devices(runs):
     two, spec = runs["two"], runs["spec"]
     assert two["n_devices"] == 2
-    # Restored onto the 2-device mesh's shardings: half of the largest dimension per device.
+    # Restored onto the 2-device mesh's shardings: half of one dimension per device.
     assert sorted(two["shard_shape"]) in (sorted([two["kernel_shape"][0] // 2, two["kernel_shape"][1]]),
                                           sorted([two["kernel_shape"][0], two["kernel_shape"][1] // 2]))
     final = _history(runs["multi"], spec.run_id)["val_loss"].iloc[-1]
