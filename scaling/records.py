@@ -2,7 +2,8 @@
 
 Every file has one writer and is written to a temporary name in the same folder and then
 `os.replace`d, so a reader never sees half a file and a kill leaves the previous version intact.
-A per-run lock file keeps two sweep processes from training the same run at once.
+A per-run lock file keeps two sweep processes from training the same run at once. JAX-free: the
+launchers and the CLI use what is here (a run's base columns, its failure record, one-line errors).
 """
 
 from __future__ import annotations

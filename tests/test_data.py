@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scaling import data
+from scaling.data import sources as data
 from scaling.data.batches import Batcher, permute, validation_windows
 from scaling.data.sources import DataError, check_source, open_source
 

@@ -16,7 +16,8 @@ from conftest import REPO, write_sweep
 from scaling import cli, records
 from scaling.launch import cpu
 from scaling.sweep.pack_plan import plan_packs
-from scaling.training.pack import PackError, check_packable, run_pack_and_record, train_pack
+from scaling.training.pack import PackError, check_packable
+from scaling.training.run import run_pack_and_record, train_pack
 from scaling.training.run import Halt, train_run
 from scaling.sweep.reader import load_sweep
 
@@ -116,7 +117,7 @@ def test_a_member_that_diverges_is_recorded_as_alone_and_the_others_go_on(lone, 
 PACK_ON_TWO_DEVICES = """
 import dataclasses, sys
 import jax
-from scaling.pack import train_pack
+from scaling.training.run import train_pack
 from scaling.sweep import load_sweep
 assert jax.device_count() == 2, jax.devices()
 spec = load_sweep(sys.argv[1], device_count=2).runs[0]

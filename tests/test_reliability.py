@@ -63,7 +63,7 @@ def test_scaling_run_on_a_complete_run_says_so_exits_0_and_changes_no_byte(shipp
 def test_a_run_found_complete_under_its_lock_is_left_alone_lone_or_packed(shipped_copy):
     """A second sweep process that picked the run before the first one completed it: the status is
     read again under the lock, by the lone path and by the packed one."""
-    from scaling.training.pack import run_pack_and_record
+    from scaling.training.run import run_pack_and_record
     from scaling.training.run import run_and_record
     sweep = load_sweep(shipped_copy / "sweeps" / "kaplan.toml")
     spec = next(s for s in sweep.runs if s.run_id == SHIPPED_RUN)

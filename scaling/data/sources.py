@@ -1,4 +1,4 @@
-"""Token sources, the train/validation split, and batches as a pure function of (data_seed, step).
+"""Token sources and their train/validation split (batches: scaling/data/batches.py).
 
 Sources (DESIGN.md, "Data sources"):
 

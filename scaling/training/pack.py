@@ -12,6 +12,7 @@ One pack is one process. On a mesh of several devices (the `dp` preset: paramete
 the CPU's one-device-per-core mesh, scaling/launch/cpu.py) every member's batch is split over the devices
 and each member's gradients are summed once per step, as in its lone step; other presets, or several
 processes, train the runs one after another, alone (`PackError` says why, the caller falls back).
+The members train through the one loop of scaling/training/loop.py, as a lone run does.
 
 Records are each member's own, in its own run folder, with the lone run's columns and `pack_size` = K
 (config.json also lists the pack):
@@ -32,12 +33,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from scaling import records
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
 from scaling.config import RunSpec
-from scaling.records import record_error
-from scaling.training.run import Halt, enable_compilation_cache, train_run
-from scaling.training.runlog import RunContext, RunLog, Throughput, rows_until
+from scaling.model import GPT
 from scaling.sweep.pack_plan import HYPER, PACK_PRESET, hyper_values, pack_key
+from scaling.training import sharding as shd
+from scaling.training import step as tr
 
 
 class PackError(Exception):
@@ -45,7 +49,6 @@ class PackError(Exception):
 
 
 def check_packable(specs, mesh) -> None:
-    import jax
     if len({pack_key(s) for s in specs}) > 1:
         raise PackError("the runs differ in more than seed, lr, weight decay, label smoothing and entropy coefficient")
     if len({s.run_id for s in specs}) < len(specs):
@@ -93,15 +96,7 @@ class PackedProgram:
 
 
 def build_packed_program(specs, mesh, lone=None) -> PackedProgram:
-    """`lone`: the first member's train.Program, when the caller has built it already."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from scaling.training import sharding as shd
-    from scaling.training import step as tr
-    from scaling.model import GPT
-
+    """`lone`: the first member's step.Program, when the caller has built it already."""
     spec = specs[0]
     lone = lone or tr.build_program(spec, mesh)
     values = [hyper_values(s) for s in specs]
@@ -112,8 +107,7 @@ def build_packed_program(specs, mesh, lone=None) -> PackedProgram:
 
     def member_step(params, opt_state, member_hyper, batch_mbs):
         h = {**shared, **member_hyper}
-        values = {**tr.schedule_values(spec.optim, spec.steps), "lr": h["lr"],
-                  "floor": h["lr"] * spec.optim.min_lr_ratio, "weight_decay": h["weight_decay"]}
+        values = {**tr.schedule_values(spec.optim, spec.steps, lr=h["lr"]), "weight_decay": h["weight_decay"]}
         step = tr.make_train_step(forward, tr.make_optimizer(spec.optim, spec.steps, values), lone.n_micro,
                                   h["label_smoothing"], h["entropy_coef"], mesh=dp_mesh)
         return step(params, opt_state, batch_mbs)
@@ -133,233 +127,3 @@ def build_packed_program(specs, mesh, lone=None) -> PackedProgram:
     return PackedProgram(lone=lone, specs=tuple(specs), hyper=hyper, step=step,
                          init=jax.jit(jax.vmap(init_one), out_shardings=rep),
                          init_opt=jax.jit(jax.vmap(lone.tx.init), out_shardings=rep), take=take)
-
-
-class _Member:
-    """One run of a pack: its records (kept as `run.train_run` keeps a lone run's), its checkpoints
-    and, once it has one, its outcome."""
-
-    def __init__(self, log: RunLog, pack: list[str]):
-        from scaling.training.checkpoint import Checkpoints
-        self.log = log
-        log.write_config(pack=pack)
-        self.ckpt = Checkpoints(log.path / "checkpoints")
-        self.result: dict | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.result is None
-
-    def restore(self, abstract_state) -> tuple[int, dict | None]:
-        """(step, state) from the latest checkpoint, or (0, None) for a fresh start."""
-        latest = self.ckpt.latest_step()
-        if latest is None:
-            self.log.check_fresh(self.ckpt.folder)
-            return 0, None
-        state, host = self.ckpt.restore(latest, abstract_state)
-        self.log.resume(host["losses_since_eval"], *rows_until(self.log.path, latest))
-        return latest, state
-
-
-def train_pack(specs, out_dir: str | Path, *, on_step: Callable[[dict], None] | None = None, devices=None,
-               halt_at: int | None = None) -> list[dict]:
-    """Train `specs` as one pack (resuming from their checkpoints, which must be at one step) and
-    write each run's records. Returns one summary row per run, in order.
-
-    A member whose checkpoint cannot be read is recorded failed and left out; divergence is per
-    member; any other exception propagates (the caller records the unfinished members failed).
-    Raises PackError before anything is written when the runs cannot be packed here."""
-    import jax
-    import numpy as np
-
-    from scaling.training import sharding as shd
-    from scaling.training import step as tr
-    from scaling.training.checkpoint import CheckpointError
-
-    t_start = time.perf_counter()
-    enable_compilation_cache()
-    spec = specs[0]
-    mesh = shd.make_mesh(spec.mesh, devices)
-    check_packable(specs, mesh)
-    lone = tr.build_program(spec, mesh)
-    ctx = RunContext(spec, mesh, lone)  # the members' data, evaluation and accounting: one shape, one data_seed
-
-    members: list[_Member] = []
-    try:
-        states, start = [], None
-        for s in specs:
-            mb = _Member(RunLog(s, out_dir, ctx, columns={"pack_size": len(specs)}, t_start=t_start),
-                         [x.run_id for x in specs])
-            members.append(mb)
-            try:
-                step, state = mb.restore(lone.abstract_state())
-            except CheckpointError as e:
-                mb.ckpt.close()
-                mb.result = {"run_id": s.run_id, "status": "failed", "error": record_error(s, out_dir, e)}
-                continue
-            if start is not None and step != start:
-                raise PackError(f"the runs resume from different steps ({start} and {step})")
-            start = step
-            states.append(state)
-        live = [mb for mb in members if mb.result is None]
-        if not live:
-            return [mb.result for mb in members]
-        program = build_packed_program([mb.log.spec for mb in live], mesh, lone)
-        if start:
-            params = program.stack([s["params"] for s in states])
-            opt_state = program.stack([s["opt_state"] for s in states])
-        else:
-            params, opt_state = program.init_state()
-        step = start
-        for mb in live:
-            mb.log.started(step)
-
-        # Per member: its own tokens over the pack's training seconds (evaluation and compile excluded).
-        timer = Throughput(ctx.tokens_per_step)
-        pending = None  # (step, metrics) dispatched but not yet read
-
-        def read(pending_item):
-            s, metrics = pending_item
-            losses, norms = np.asarray(metrics["loss"]), np.asarray(metrics["grad_norm"])
-            for i, mb in enumerate(live):
-                if not mb.active:
-                    continue
-                if not math.isfinite(losses[i]):
-                    # It keeps its slot in the compiled step until the pack ends; its numbers are ignored.
-                    mb.result = mb.log.diverged(step, f"non-finite training loss at step {s}")
-                    mb.ckpt.close()
-                    continue
-                mb.log.losses_since_eval.append(float(losses[i]))
-                if on_step:  # every step, whether read while the next one runs or at a sync point
-                    on_step({"run_id": mb.log.spec.run_id, "step": s, "steps": spec.steps,
-                             "tokens": s * ctx.tokens_per_step, "loss": float(losses[i]),
-                             "tokens_per_second": timer.overall()})
-            return losses, norms
-
-        while step < spec.steps and any(mb.active for mb in live):
-            step += 1
-            params, opt_state, metrics = program.train_step(params, opt_state, ctx.batch(step))
-            if pending is not None:
-                read(pending)
-            pending = (step, metrics)
-            if timer.mark is None:  # the first step compiles: time from its end
-                jax.block_until_ready(metrics)
-                timer.start(step)
-            if not ctx.syncs(step):
-                continue
-            _, norms = read(pending)
-            pending = None
-            timer.lap(step)
-            for i, mb in enumerate(live):
-                if not mb.active:
-                    continue
-                member_params = program.member(params, i)
-                if step in ctx.evals:
-                    values, bins = ctx.evaluate(member_params, float(norms[i]), timer.interval())
-                    mb.log.evaluation(step, {**values, "wall_seconds": mb.log.wall()}, bins)
-                mb.ckpt.save(step, {"params": member_params, "opt_state": program.member(opt_state, i)},
-                             {"losses_since_eval": mb.log.losses_since_eval})
-                if step in ctx.evals:
-                    mb.log.write("running", mb.log.history[-1])
-            if step in ctx.evals:
-                timer.new_interval()
-            if halt_at is not None and step >= halt_at:
-                raise Halt(step)
-            timer.start(step)
-        for i, mb in enumerate(live):
-            if not mb.active:
-                continue
-            mb.result = mb.log.complete(program.member(params, i), timer.overall())
-            mb.ckpt.finish(keep=spec.train.keep_checkpoints)
-        return [mb.result for mb in members]
-    finally:
-        for mb in members:
-            if mb.result is None:
-                mb.ckpt.close()
-
-
-def _latest_checkpoint(spec: RunSpec, out_dir) -> int | None:
-    from scaling.training.checkpoint import Checkpoints
-    folder = records.run_dir(out_dir, spec.run_id) / "checkpoints"
-    if not folder.exists():
-        return None
-    ckpt = Checkpoints(folder)
-    try:
-        return ckpt.latest_step()
-    finally:
-        ckpt.close()
-
-
-def _record_failure(specs, out_dir, error: Exception) -> dict[str, dict]:
-    """Every run of `specs` whose records do not say it finished is marked failed with `error`."""
-    out = {}
-    for spec in specs:
-        status = records.read_status(records.run_dir(out_dir, spec.run_id))
-        if status in records.DONE:
-            out[spec.run_id] = {"run_id": spec.run_id, "status": status, "error": None}
-        else:
-            out[spec.run_id] = {"run_id": spec.run_id, "status": "failed",
-                                "error": record_error(spec, out_dir, error)}
-    return out
-
-
-def _alone(spec: RunSpec, out_dir, on_step, **kwargs) -> dict:
-    """`train_run` with the run's lock already held (by this process)."""
-    def tagged(event):
-        on_step({"run_id": spec.run_id, **event})
-    try:
-        return train_run(spec, out_dir, on_step=tagged if on_step else None, **kwargs)
-    except Halt:
-        raise
-    except Exception as e:  # noqa: BLE001 - one run's error must not stop the others
-        return _record_failure([spec], out_dir, e)[spec.run_id]
-
-
-def run_pack_and_record(specs, out_dir: str | Path, *, on_step: Callable[[dict], None] | None = None,
-                        devices=None, halt_at: int | None = None) -> list[dict]:
-    """Train `specs` as packs under their run locks and return each run's outcome, in order: status
-    complete | diverged | failed | locked and error.
-
-    Runs already finished are skipped (their recorded status is returned, read under their lock);
-    runs another process holds are `locked`. The rest are grouped by what they compute (`pack_key`) and the step their
-    checkpoints resume from, and each group trains as one pack (a group of one trains alone). When
-    a group cannot be packed here (`PackError`: a mesh of several devices), its runs train alone,
-    one after another. Events passed to `on_step` carry the run's `run_id`."""
-    results: dict[str, dict] = {}
-    todo, locks = [], []
-    for spec in specs:
-        path = records.run_dir(out_dir, spec.run_id)
-        lock = records.RunLock(path)
-        if not lock.acquire():
-            results[spec.run_id] = {"run_id": spec.run_id, "status": "locked",
-                                    "error": "another process is training this run"}
-            continue
-        locks.append(lock)
-        status = records.read_status(path)  # under the lock: another process may just have finished it
-        if status in records.DONE:
-            results[spec.run_id] = {"run_id": spec.run_id, "status": status, "error": None, "already": True}
-            continue
-        todo.append(spec)
-    kwargs = {"devices": devices, "halt_at": halt_at}
-    try:
-        groups: dict[tuple, list[RunSpec]] = {}
-        for spec in todo:
-            groups.setdefault((pack_key(spec), _latest_checkpoint(spec, out_dir)), []).append(spec)
-        for group in groups.values():
-            if len(group) == 1:
-                results[group[0].run_id] = _alone(group[0], out_dir, on_step, **kwargs)
-                continue
-            try:
-                for spec, result in zip(group, train_pack(group, out_dir, on_step=on_step, **kwargs)):
-                    results[spec.run_id] = result
-            except PackError:
-                for spec in group:
-                    results[spec.run_id] = _alone(spec, out_dir, on_step, **kwargs)
-            except Halt:
-                raise
-            except Exception as e:  # noqa: BLE001 - recorded per run, like a lone run's error
-                results.update(_record_failure(group, out_dir, e))
-    finally:
-        for lock in locks:
-            lock.release()
-    return [results[s.run_id] for s in specs]

@@ -1,4 +1,5 @@
-"""Training one run: the optimizer, the jitted train and eval steps, and the loop that writes records.
+"""The compiled program of one run spec on one mesh: the optimizer and schedule, the jitted train and
+eval steps (the loop that drives them is scaling/training/loop.py).
 
 The model is split once into a graph definition and a flat dict of parameters; the train step is a
 pure function of (params, opt_state, batch), jitted with NamedShardings on a device mesh. Gradient
@@ -37,12 +38,14 @@ class Diverged(Exception):
     pass
 
 
-def schedule_values(o: OptimConfig, steps: int) -> dict[str, float]:
+def schedule_values(o: OptimConfig, steps: int, lr=None) -> dict[str, float]:
     """The numbers of a run's learning-rate schedule. They enter the compiled step as arrays, not
     constants, so runs of one shape that differ in length or learning rate share one program (and
-    its entry in the persistent compilation cache)."""
+    its entry in the persistent compilation cache). `lr`: a packed member's learning rate (a traced
+    array) in place of `o.lr`; the schedule's floor follows it."""
+    lr = float(o.lr) if lr is None else lr
     warm = o.warmup_steps if o.warmup_steps is not None else int(round(o.warmup * steps))
-    return {"lr": float(o.lr), "floor": float(o.lr * o.min_lr_ratio), "warm": float(warm), "steps": float(steps),
+    return {"lr": lr, "floor": lr * o.min_lr_ratio, "warm": float(warm), "steps": float(steps),
             "n_decay": float(decay_steps(o.decay, steps))}
 
 
