@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from scaling.config import LAUNCHERS, ConfigError
+from scaling.config import LAUNCHERS, ConfigError, ConfigValueError
 
 USAGE_ERROR = 2
 
@@ -45,8 +45,8 @@ def _load(path: str, only: list[str] | None = None, args=None):
     runs = sweep.select(only) if only else sweep.runs
     if not runs:
         raise ConfigError(path, "", f"no run matches --only {' '.join(only)}")
-    from scaling.launch.job import check_out_dir
-    check_out_dir(sweep, create=not getattr(args, "dry_run", False))
+    from scaling.launch.jobfile import check_writable
+    check_writable(sweep.path, sweep.out_dir, create=not getattr(args, "dry_run", False))
     return sweep, runs
 
 
@@ -57,10 +57,14 @@ def _with_launcher_flags(sweep, args):
     slurm = {k: v for k, v in dict(partition=args.partition, account=args.account, nodes=args.nodes,
                                    gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
                                    mem_gb=args.mem_gb, time_min=args.time_min).items() if v is not None}
-    if slurm:
-        sweep = dataclasses.replace(sweep, slurm=dataclasses.replace(sweep.slurm, **slurm))
-    if args.ray_address:
-        sweep = dataclasses.replace(sweep, ray=dataclasses.replace(sweep.ray, address=args.ray_address))
+    try:
+        if slurm:
+            sweep = dataclasses.replace(sweep, slurm=dataclasses.replace(sweep.slurm, **slurm))
+        if args.ray_address:
+            sweep = dataclasses.replace(sweep, ray=dataclasses.replace(sweep.ray, address=args.ray_address))
+    except ConfigValueError as e:  # a flag that the config refuses, alone or with the file's other settings
+        flag = f"--{e.field.replace('_', '-')}" if e.field in slurm else f"slurm.{e.field}"
+        raise ConfigError(sweep.path, flag, e.message) from None
     return sweep
 
 
@@ -149,30 +153,85 @@ def _print_plan(sweep, runs) -> None:
 
 
 def cmd_run(args) -> int:
-    from scaling.training import preemption
-    from scaling.launch.distributed import DistributedError
-    from scaling.launch.job import run_one
+    """One run, or several together in this process: the jobs a launcher wrote (--spec), or runs of
+    a sweep file named by a person (SWEEP --run-id)."""
+    from scaling.launch import job as job_mod
+    from scaling.launch import jobfile
+    from scaling.launch.distributed import DistributedError, check_flags
+    from scaling.training.run import preemption
 
     jsonl = args.progress == "jsonl"
     if jsonl:  # a launcher's child: it stops with its parent
-        from scaling.launch.local import die_with_parent
-        die_with_parent()
+        job_mod.die_with_parent()
+    if bool(args.spec) == bool(args.sweep or args.run_id):
+        return _fail("scaling run: give a sweep file and --run-id, or --spec files (what a launcher writes)")
+    if args.sweep and not args.run_id:
+        return _fail("scaling run: --run-id is required with a sweep file")
+    multihost = args.distributed == "on" or args.coordinator or args.num_processes or args.process_id is not None
+    try:
+        check_flags(args.distributed, coordinator=args.coordinator, num_processes=args.num_processes,
+                    process_id=args.process_id)
+    except DistributedError as e:
+        return _fail(str(e))
+    jobs = [jobfile.read(p) for p in args.spec] if args.spec else job_mod.resolve(args.sweep, args.run_id)
+    if len(jobs) > 1 and multihost:
+        return _fail("several runs train together in one process: not with --distributed on or the multi-host flags")
+    progress = _RunProgress(jsonl)
     try:
         with preemption.stop_on_signals():
-            if len(args.run_id) > 1:
-                return _run_pack(args)
-            return _run_one(args, run_one)
+            if len(jobs) == 1:
+                results = [job_mod.run_one(jobs[0], on_step=progress.step, distributed=args.distributed,
+                                           coordinator=args.coordinator, num_processes=args.num_processes,
+                                           process_id=args.process_id)]
+            else:
+                results = job_mod.run_together(jobs, on_step=progress.step)
     except DistributedError as e:
         return _fail(str(e))
     except preemption.Stopped as e:
+        progress.close()
         if jsonl:
-            for run_id in args.run_id:
-                print(json.dumps({"event": "done", "run_id": run_id, "status": "interrupted", "error": None}),
+            for job in jobs:
+                print(json.dumps({"event": "done", "run_id": job.spec.run_id, "status": "interrupted", "error": None}),
                       flush=True)
         else:
             print(f"scaling: stopped by {signal_name(e.signum)} at the run's last checkpoint; run the same command "
                   "again to resume", file=sys.stderr)
         return e.exit_code
+    progress.close()
+    for job, result in zip(jobs, results):
+        result = {**result, "run_id": job.spec.run_id}
+        if jsonl:
+            print(json.dumps({"event": "done", "run_id": result["run_id"], "status": result["status"],
+                              "error": result.get("error")}), flush=True)
+        else:
+            print(_outcome_line(result))
+    return 0 if all(r["status"] in ("complete", "diverged") for r in results) else 1
+
+
+class _RunProgress:
+    """`scaling run`'s progress: JSON lines for a launcher, or a bar per run for a person (started at
+    the first step, so that errors before it print alone)."""
+
+    def __init__(self, jsonl: bool):
+        self.jsonl, self.bars, self.progress = jsonl, {}, None
+
+    def step(self, event: dict) -> None:
+        if self.jsonl:
+            print(json.dumps({"event": "step", **event}), flush=True)
+            return
+        if self.progress is None:
+            from rich.progress import Progress
+            self.progress = Progress(transient=True)
+            self.progress.start()
+        run_id = event["run_id"]
+        if run_id not in self.bars:
+            self.bars[run_id] = self.progress.add_task(run_id, total=event["steps"])
+        self.progress.update(self.bars[run_id], completed=event["step"], description=f"{run_id} loss {event['loss']:.3f}")
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
 
 
 def signal_name(signum: int) -> str:
@@ -184,69 +243,6 @@ def _outcome_line(result: dict) -> str:
     if result.get("already"):
         return f"{result['run_id']} is already {result['status']}: nothing to do"
     return f"{result['status']} {result['run_id']}" + (f": {result['error']}" if result.get("error") else "")
-
-
-def _run_one(args, run_one) -> int:
-    run_id = args.run_id[0]
-
-    def run(on_step):
-        return run_one(args.sweep, run_id, on_step=on_step, distributed=args.distributed,
-                       coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
-    if args.progress == "jsonl":
-        def on_step(event):
-            print(json.dumps({"event": "step", **event}), flush=True)
-        result = run(on_step)
-        print(json.dumps({"event": "done", "status": result["status"], "error": result.get("error")}), flush=True)
-    else:
-        from rich.progress import Progress
-        progress = Progress(transient=True)  # started at the first step: errors before it print alone
-
-        def on_step(event):
-            if not progress.task_ids:
-                progress.start()
-                progress.add_task(run_id, total=event["steps"])
-            progress.update(progress.task_ids[0], completed=event["step"],
-                            description=f"{run_id} loss {event['loss']:.3f}")
-        try:
-            result = run(on_step)
-        finally:
-            if progress.task_ids:
-                progress.stop()
-        print(_outcome_line({**result, "run_id": run_id}))
-    return 0 if result["status"] in ("complete", "diverged") else 1
-
-
-def _run_pack(args) -> int:
-    """Several --run-id: the runs train together in this process (scaling/training/pack.py)."""
-    from scaling.launch.job import run_pack
-    if args.distributed == "on" or args.coordinator or args.num_processes or args.process_id is not None:
-        return _fail("several --run-id train together in one process: not with --distributed on or the "
-                     "multi-host flags")
-    if args.progress == "jsonl":
-        results = run_pack(args.sweep, args.run_id,
-                           on_step=lambda event: print(json.dumps({"event": "step", **event}), flush=True))
-        for r in results:
-            print(json.dumps({"event": "done", "run_id": r["run_id"], "status": r["status"], "error": r.get("error")}),
-                  flush=True)
-    else:
-        from rich.progress import Progress
-        progress, tasks = Progress(transient=True), {}
-
-        def on_step(event):
-            if not tasks:
-                progress.start()
-            if event["run_id"] not in tasks:
-                tasks[event["run_id"]] = progress.add_task(event["run_id"], total=event["steps"])
-            progress.update(tasks[event["run_id"]], completed=event["step"],
-                            description=f"{event['run_id']} loss {event['loss']:.3f}")
-        try:
-            results = run_pack(args.sweep, args.run_id, on_step=on_step)
-        finally:
-            if tasks:
-                progress.stop()
-        for r in results:
-            print(_outcome_line(r))
-    return 0 if all(r["status"] in ("complete", "diverged") for r in results) else 1
 
 
 def cmd_status(args) -> int:
@@ -358,10 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ray-address", help="ray: the cluster to use (default: the sweep file's [ray] address, 'auto')")
     s.set_defaults(func=cmd_sweep)
 
-    r = sub.add_parser("run", help="train one run of a sweep (what a launcher calls)")
-    r.add_argument("sweep")
-    r.add_argument("--run-id", required=True, action="append",
-                   help="the run to train; repeat it to train several runs together in this process (packed)")
+    r = sub.add_parser("run", help="train runs: those a launcher wrote (--spec), or runs of a sweep file by id",
+                       description="Train one run (or several together in this process) and write its records. "
+                                   "A launcher passes the spec files it wrote; a person names runs of a sweep file.")
+    r.add_argument("sweep", nargs="?", help="a sweep file, with --run-id")
+    r.add_argument("--run-id", action="append", default=[],
+                   help="a run of the sweep file; repeat it to train several runs together in this process (packed)")
+    r.add_argument("--spec", action="append", default=[], metavar="SPEC_JSON",
+                   help="a run's resolved spec, <out_dir>/runs/<run_id>/spec.json, as a launcher writes it; repeat "
+                        "it to train several together")
     r.add_argument("--progress", choices=("rich", "jsonl"), default="rich")
     d = r.add_argument_group("multi-host: one run over several processes (give all three, on every process)")
     d.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address, reachable from every process")

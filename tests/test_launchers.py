@@ -105,7 +105,9 @@ def test_slurm_batch_script_without_a_cluster(tmp_path):
     with open(pickles[0], "rb") as f:
         delayed = pickle.load(f)
     task = delayed.function
-    assert isinstance(task, RunTask) and Path(task.sweep_path) == sweep_path.resolve()
+    # The task trains from the spec written before submitting, not from the sweep file.
+    from scaling.launch import jobfile
+    assert isinstance(task, RunTask) and jobfile.read(task.spec_file).sweep_file == str(sweep_path)
     assert task.distributed == "auto" and task.cwd == str(tmp_path)
     again = task.checkpoint()
     assert isinstance(again, DelayedSubmission) and again.function is task
@@ -113,7 +115,7 @@ def test_slurm_batch_script_without_a_cluster(tmp_path):
     submitted = set()
     for p in pickles:
         with open(p, "rb") as f:
-            submitted.add(pickle.load(f).function.run_id)
+            submitted.add(jobfile.read(pickle.load(f).function.spec_file).spec.run_id)
     assert submitted == run_ids
 
 
@@ -149,7 +151,9 @@ def test_a_preempted_job_requeues_and_resumes_from_its_checkpoint(tmp_path, monk
     spec = load_sweep(sweep_path, device_count=1).runs[0]
     ex = submitit.AutoExecutor(tmp_path / "jobs", cluster="local")
     ex.update_parameters(timeout_min=10)
-    job = ex.submit(RunTask(str(sweep_path), spec.run_id, str(tmp_path), "off"))
+    from scaling.launch import jobfile
+    (task_job,) = jobfile.jobs_of(load_sweep(sweep_path), [spec])
+    job = ex.submit(RunTask(str(jobfile.write(task_job)), str(tmp_path), "off"))
     ckpt = records.run_dir(tmp_path / "out", spec.run_id) / "checkpoints"
     deadline = time.time() + 240
     while time.time() < deadline and not any(p.name.isdigit() and int(p.name) >= 20 for p in

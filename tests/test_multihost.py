@@ -181,8 +181,9 @@ def test_two_processes_give_the_losses_of_one_process(runs):
     # One progress stream per run (process 0's); both processes finish the run.
     events = [[json.loads(line) for line in out.splitlines() if line.startswith("{")] for out in runs["outputs"]]
     assert any(e["event"] == "step" for e in events[0]) and not any(e["event"] == "step" for e in events[1])
-    assert [e for e in events[0] if e["event"] == "done"] == [{"event": "done", "status": "complete", "error": None}]
-    assert [e for e in events[1] if e["event"] == "done"] == [{"event": "done", "status": "complete", "error": None}]
+    done = {"event": "done", "run_id": spec.run_id, "status": "complete", "error": None}
+    assert [e for e in events[0] if e["event"] == "done"] == [done]
+    assert [e for e in events[1] if e["event"] == "done"] == [done]
 
 
 def test_a_checkpoint_written_by_two_processes_restores_on_two_devices(runs):

@@ -38,22 +38,31 @@ def slurm_tasks() -> int:
         return 1
 
 
+def check_flags(mode: str = "auto", *, coordinator: str | None = None, num_processes: int | None = None,
+                process_id: int | None = None) -> None:
+    """Raises DistributedError for multi-host flags that do not go together (before anything else of
+    the run is looked at)."""
+    explicit = (coordinator, num_processes, process_id)
+    if all(x is None for x in explicit):
+        return
+    if any(x is None for x in explicit):
+        raise DistributedError("--coordinator, --num-processes and --process-id go together")
+    if mode == "off":
+        raise DistributedError("--distributed off contradicts --coordinator")
+    if not 0 <= process_id < num_processes:
+        raise DistributedError(f"--process-id must be in [0, {num_processes}), got {process_id}")
+    if ":" not in coordinator:
+        raise DistributedError(f"--coordinator must be HOST:PORT, got {coordinator!r}")
+
+
 def initialize(mode: str = "auto", *, coordinator: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, timeout_s: int = 300) -> bool:
     """Join the other processes of this run, if there are any. Returns True if JAX is now multi-process.
 
     Raises DistributedError for flags that do not go together."""
+    check_flags(mode, coordinator=coordinator, num_processes=num_processes, process_id=process_id)
     explicit = (coordinator, num_processes, process_id)
-    if any(x is not None for x in explicit):
-        if any(x is None for x in explicit):
-            raise DistributedError("--coordinator, --num-processes and --process-id go together")
-        if mode == "off":
-            raise DistributedError("--distributed off contradicts --coordinator")
-        if not 0 <= process_id < num_processes:
-            raise DistributedError(f"--process-id must be in [0, {num_processes}), got {process_id}")
-        if ":" not in coordinator:
-            raise DistributedError(f"--coordinator must be HOST:PORT, got {coordinator!r}")
-    elif mode == "off" or (mode == "auto" and slurm_tasks() <= 1):
+    if all(x is None for x in explicit) and (mode == "off" or (mode == "auto" and slurm_tasks() <= 1)):
         return False
 
     import jax

@@ -1,63 +1,81 @@
-"""One run of a sweep, started the same way by every launcher: `scaling run`, a SLURM array task
-(scaling/launch/slurm.py), a Ray task (scaling/launch/ray_launcher.py).
+"""What a run's process executes, whichever launcher started it: `scaling run` (local children, or a
+person), a SLURM array task (scaling/launch/slurm.py), a Ray task (scaling/launch/ray_launcher.py).
 
-The sweep file is read again where the run starts, and validated against the devices that the run
-really has there (after `jax.distributed` has joined the hosts, so the count is global).
+A launcher hands over jobs (scaling/launch/jobfile.py: the resolved spec, written before the run
+starts); a person may name runs of a sweep file instead (`resolve`). Either way the spec is checked
+here against the devices that the run really has (after `jax.distributed` has joined the hosts, so
+the count is global), and the training goes through the one entry of the training tier,
+scaling/training/run.py.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 from pathlib import Path
 from typing import Callable
 
-from scaling import records
+import jax
+
 from scaling.config import ConfigError
+from scaling.launch import distributed as dist
+from scaling.launch.jobfile import Job, check_writable, jobs_of
+from scaling.sweep import check_runs, load_sweep
+from scaling.training.run import run_and_record, run_pack_and_record
 
 
-def run_one(sweep_path: str | Path, run_id: str, *, on_step: Callable[[dict], None] | None = None,
-            distributed: str = "auto", coordinator: str | None = None, num_processes: int | None = None,
-            process_id: int | None = None, cwd: str | Path | None = None) -> dict:
-    """Train run `run_id` of the sweep file (resuming from its checkpoint) and return its summary:
-    at least run_id, status (complete | diverged | failed | locked) and error.
+def resolve(sweep_path: str | Path, run_ids: list[str]) -> list[Job]:
+    """The jobs of runs `run_ids` of a sweep file, as a person names them (`scaling run SWEEP
+    --run-id ID`). Raises ConfigError for a bad file or an unknown run id."""
+    sweep = load_sweep(sweep_path)
+    by_id = {s.run_id: s for s in sweep.runs}
+    for run_id in run_ids:
+        if run_id not in by_id:
+            raise ConfigError(str(sweep_path), "--run-id", f"no run {run_id!r} in this sweep (see --dry-run)")
+    return jobs_of(sweep, [by_id[r] for r in run_ids])
 
-    `cwd`: the folder the sweep was started from (relative paths in the file resolve against it).
-    Raises ConfigError for a sweep file that is wrong here, DistributedError for bad flags."""
-    if cwd is not None:
-        try:
-            os.chdir(cwd)
-        except OSError as e:
-            raise ConfigError(str(sweep_path), "", f"cannot enter the sweep's folder {cwd} on this machine "
-                              f"({e.strerror}); launchers need a filesystem shared with the submitting host") from None
-    from scaling.launch import distributed as dist
+
+def run_one(job: Job, *, on_step: Callable[[dict], None] | None = None, distributed: str = "auto",
+            coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
+            cwd: str | Path | None = None) -> dict:
+    """Train one run (resuming from its checkpoint) and return its summary: at least run_id, status
+    (complete | diverged | failed | locked) and error. It may span several processes.
+
+    `cwd`: the folder the sweep was started from, for a task that starts elsewhere. Raises
+    ConfigError for a spec that does not fit here, DistributedError for bad flags."""
+    _enter(cwd, job)
     dist.initialize(distributed, coordinator=coordinator, num_processes=num_processes, process_id=process_id)
-
-    import jax
-
-    from scaling.training.run import run_and_record
-    from scaling.sweep.reader import load_sweep
-    sweep = load_sweep(sweep_path, device_count=jax.device_count())
-    spec = next((s for s in sweep.runs if s.run_id == run_id), None)
-    if spec is None:
-        raise ConfigError(str(sweep_path), "--run-id", f"no run {run_id!r} in this sweep (see --dry-run)")
-    if jax.process_index() == 0:
-        check_out_dir(sweep)
+    _check(job)
     if jax.process_index() != 0:
         on_step = None  # one progress report per run, from the process that writes its records
-    plan = None
-    if sweep.branch:
-        from scaling.sweep.branch_plan import plan as branch_plan
-        plan = branch_plan(sweep.runs)
-    return run_and_record(spec, sweep.out_dir, on_step=on_step, plan=plan)
+    return run_and_record(job.spec, job.out_dir, on_step=on_step, plan=job.plan)
 
 
-def check_out_dir(sweep, *, create: bool = True) -> None:
-    """Raises ConfigError unless the sweep's results folder can take records, before anything trains:
-    `create` makes it if missing; else (a dry run) nothing is written (`records.writable`)."""
-    problem = records.writable(sweep.out_dir, create=create)
-    if problem:
-        raise ConfigError(sweep.path, "sweep.out_dir", f"{sweep.out_dir}: {problem}; expected a folder this "
-                          "user can write the records to")
+def run_together(jobs: list[Job], *, on_step: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train several runs in this one process and return each run's summary, in order: as packs where
+    they may share one (scaling/training/pack.py), or, in a branched sweep, a trunk and its branches
+    one after another (each branch resuming from the seed its trunk wrote: one process start-up and
+    one loaded compiled step for the group). One process, no `jax.distributed`."""
+    for job in jobs:
+        _check(job)
+    if not any(job.plan for job in jobs):
+        return run_pack_and_record([job.spec for job in jobs], jobs[0].out_dir, on_step=on_step)
+    results = []
+    for job in jobs:
+        tagged = (lambda event, r=job.spec.run_id: on_step({**event, "run_id": r})) if on_step else None
+        result = run_and_record(job.spec, job.out_dir, on_step=tagged, plan=job.plan)
+        results.append({**result, "run_id": job.spec.run_id})
+    return results
+
+
+def die_with_parent():
+    """Linux: this (child) process gets SIGTERM when its parent dies, so no orphan keeps a run's lock.
+    Called by the child itself: a preexec_fn would make Popen fork a multithreaded (JAX) parent."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def outcome(result: dict) -> dict:
@@ -65,32 +83,18 @@ def outcome(result: dict) -> dict:
     return {"run_id": result.get("run_id"), "status": result.get("status"), "error": result.get("error")}
 
 
-def run_pack(sweep_path: str | Path, run_ids: list[str], *, on_step: Callable[[dict], None] | None = None) -> list[dict]:
-    """Train runs `run_ids` of the sweep file together in this one process, as packs where they may
-    share one (scaling/training/pack.py), or, in a branched sweep, a trunk and its branches one after another;
-    return each run's summary, in order. One process, no
-    `jax.distributed`. Raises ConfigError for an unknown run id."""
-    import jax
+def _enter(cwd, job: Job) -> None:
+    if cwd is None:
+        return
+    try:
+        os.chdir(cwd)
+    except OSError as e:
+        raise ConfigError(str(job.path), "", f"cannot enter the sweep's folder {cwd} on this machine ({e.strerror}); "
+                          "launchers need a filesystem shared with the submitting host") from None
 
-    from scaling.training.pack import run_pack_and_record
-    from scaling.sweep.reader import load_sweep
-    sweep = load_sweep(sweep_path, device_count=jax.device_count())
-    by_id = {s.run_id: s for s in sweep.runs}
-    for run_id in run_ids:
-        if run_id not in by_id:
-            raise ConfigError(str(sweep_path), "--run-id", f"no run {run_id!r} in this sweep (see --dry-run)")
-    check_out_dir(sweep)
-    if sweep.branch:
-        # A trunk and its branches (launch.local_jobs): one after another in this process, the
-        # trunk first, each branch resuming from the seed the trunk wrote. One process start-up
-        # and one loaded compiled step for the group instead of one per run.
-        from scaling.sweep.branch_plan import plan as branch_plan
-        from scaling.training.run import run_and_record
-        plan = branch_plan(sweep.runs)
-        results = []
-        for run_id in run_ids:
-            tagged = (lambda event, r=run_id: on_step({**event, "run_id": r})) if on_step else None
-            result = run_and_record(by_id[run_id], sweep.out_dir, on_step=tagged, plan=plan)
-            results.append({**result, "run_id": run_id})
-        return results
-    return run_pack_and_record([by_id[r] for r in run_ids], sweep.out_dir, on_step=on_step)
+
+def _check(job: Job) -> None:
+    """The spec fits the devices this run has, and its results folder takes records."""
+    check_runs(job.sweep_file, [job.spec], jax.device_count())
+    if jax.process_index() == 0:
+        check_writable(job.sweep_file, job.out_dir, create=True)

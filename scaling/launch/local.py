@@ -1,5 +1,6 @@
-"""The local launcher: every run in its own process, at most `max_parallel` at once; and the sweep
-report that every launcher (local, scaling/launch/slurm.py, scaling/launch/ray_launcher.py) fills in.
+"""The local launcher: every run in its own process, at most `max_parallel` at once, each trained
+from the spec.json written for it (scaling/launch/jobfile.py); it fills in the sweep's report
+(scaling/launch/report.py) as the SLURM and Ray launchers do.
 
 A crash or out-of-memory in one run cannot take the sweep down: the parent records it as failed and
 goes on. Children report progress as JSON lines on stdout; the parent draws one rich progress view
@@ -7,7 +8,6 @@ goes on. Children report progress as JSON lines on stdout; the parent draws one 
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import selectors
@@ -20,17 +20,9 @@ from scaling import records
 from scaling.launch import cpu
 from scaling.config import RunSpec
 from scaling.sweep.reader import SweepConfig
+from scaling.launch import jobfile
 from scaling.launch.display import Display
 from scaling.launch.report import SweepReport, finish_run, pending_runs, run_flops
-
-
-def die_with_parent():
-    """Linux: this (child) process gets SIGTERM when its parent dies, so no orphan keeps a run's lock.
-    Called by the child itself: a preexec_fn would make Popen fork a multithreaded (JAX) parent."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def local_jobs(sweep: SweepConfig, todo: list[RunSpec], report: SweepReport, workers: int = 1) -> list[list[RunSpec]]:
@@ -182,11 +174,12 @@ def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quie
                         break
                     queue.remove(picked)
                     job = {spec.run_id: spec for spec in picked}
-                    # --distributed off: one process per run (or pack) here, even inside an salloc shell
-                    # whose SLURM variables the child inherits.
-                    ids = [arg for run_id in job for arg in ("--run-id", run_id)]
+                    # The child trains from the specs written here, not from the sweep file. --distributed
+                    # off: one process per run (or pack) here, even inside an salloc shell whose SLURM
+                    # variables the child inherits.
+                    specs = [arg for j in jobfile.jobs_of(sweep, picked) for arg in ("--spec", str(jobfile.write(j)))]
                     stderr = _stderr_file()
-                    proc = subprocess.Popen([sys.executable, "-m", "scaling", "run", sweep.path, *ids,
+                    proc = subprocess.Popen([sys.executable, "-m", "scaling", "run", *specs,
                                              "--progress", "jsonl", "--distributed", "off"], stdout=subprocess.PIPE,
                                             stderr=stderr, env=env, text=True, bufsize=1)
                     states = {run_id: {"status": None, "error": None} for run_id in job}

@@ -14,13 +14,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from scaling.launch import jobfile
 from scaling.launch.report import LaunchError, SweepReport, finish_run, pending_runs
 from scaling.sweep.reader import SweepConfig
 
 
-def _run_task(sweep_path: str, run_id: str, cwd: str) -> dict:
-    from scaling.launch.job import outcome, run_one
-    return outcome(run_one(sweep_path, run_id, cwd=cwd, distributed="off"))
+def _run_task(spec_file: str, cwd: str) -> dict:
+    """One run in a Ray worker, from the spec.json the driver wrote (scaling/launch/jobfile.py)."""
+    from scaling.launch.job import outcome, run_one  # in the worker's process: JAX is imported there
+    return outcome(run_one(jobfile.read(spec_file), cwd=cwd, distributed="off"))
 
 
 def connect(address: str | None):
@@ -49,13 +51,14 @@ def run_ray(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quiet:
     ray = connect(sweep.ray.address)
     remote = ray.remote(max_calls=1, num_cpus=sweep.ray.num_cpus, num_gpus=sweep.ray.num_gpus)(_run_task)
     workers = max_parallel or sweep.max_parallel
-    sweep_path, cwd = str(Path(sweep.path).resolve()), os.getcwd()
-    queue, active = list(todo), {}
+    cwd = os.getcwd()
+    queue, active = jobfile.jobs_of(sweep, todo), {}
     try:
         while queue or active:
             while queue and len(active) < workers:
-                spec = queue.pop(0)
-                active[remote.remote(sweep_path, spec.run_id, cwd)] = spec
+                job = queue.pop(0)
+                spec = job.spec
+                active[remote.remote(str(jobfile.write(job)), cwd)] = spec
                 report.submitted.append(spec.run_id)
                 if not quiet:
                     print(f"submitted {spec.run_id}", flush=True)

@@ -25,32 +25,35 @@ from pathlib import Path
 import submitit
 
 from scaling.config import SlurmConfig
+from scaling.launch import jobfile
 from scaling.launch.report import LaunchError, SweepReport, finish_run, pending_runs
 from scaling.sweep.reader import SweepConfig
+from scaling.training.run import preemption
 
 # How often the waiting launcher asks about its jobs (submitit caches `sacct` between asks).
 POLL_SECONDS = {"slurm": 30.0, "local": 1.0, "debug": 0.0}
 
 
 class RunTask(submitit.helpers.Checkpointable):
-    """One run of a sweep, as a picklable callable (what one array task executes).
+    """One run of a sweep, as a picklable callable (what one array task executes): the path of the
+    run's spec.json, which this launcher writes before submitting (scaling/launch/jobfile.py), so a
+    queued task trains what was submitted whatever happens to the sweep file meanwhile.
 
     `checkpoint()` (inherited) resubmits this same task when the job is preempted or times out; the
     run itself needs nothing pickled, since it resumes from its own checkpoint folder."""
 
-    def __init__(self, sweep_path: str, run_id: str, cwd: str, distributed: str = "auto"):
-        self.sweep_path, self.run_id, self.cwd, self.distributed = sweep_path, run_id, cwd, distributed
+    def __init__(self, spec_file: str, cwd: str, distributed: str = "auto"):
+        self.spec_file, self.cwd, self.distributed = spec_file, cwd, distributed
 
     def __call__(self) -> dict:
-        from scaling.training import preemption
-        from scaling.launch.job import outcome, run_one
+        from scaling.launch.job import outcome, run_one  # in the task's process: JAX is imported there
         with preemption.deferred():  # SIGUSR2 stops the run between steps, then submitit requeues
-            return outcome(run_one(self.sweep_path, self.run_id, cwd=self.cwd, distributed=self.distributed))
+            return outcome(run_one(jobfile.read(self.spec_file), cwd=self.cwd, distributed=self.distributed))
         # Reached only where submitit's handler returned instead of exiting (a task of rank > 0).
-        return {"run_id": self.run_id, "status": "preempted", "error": None}
+        return {"run_id": Path(self.spec_file).parent.name, "status": "preempted", "error": None}
 
     def __repr__(self) -> str:
-        return f"RunTask({self.run_id})"
+        return f"RunTask({Path(self.spec_file).parent.name})"
 
 
 def folder(sweep: SweepConfig) -> Path:
@@ -115,10 +118,10 @@ def run_slurm(sweep: SweepConfig, runs, *, max_parallel: int | None = None, wait
     workers = max_parallel or sweep.max_parallel
     wait = wait or cluster != "slurm"
     report.awaited = wait
-    # The task re-reads the sweep file where it runs: give it absolute paths and this folder.
+    # Each task trains from the spec written here (absolute paths), in this folder.
     cwd = os.getcwd()
-    tasks = [(spec, RunTask(str(Path(sweep.path).resolve()), spec.run_id, cwd,
-                            "auto" if cluster == "slurm" else "off")) for spec in todo]
+    tasks = [(job.spec, RunTask(str(jobfile.write(job)), cwd, "auto" if cluster == "slurm" else "off"))
+             for job in jobfile.jobs_of(sweep, todo)]
     try:
         ex = make_executor(sweep, workers, cluster)
     except (RuntimeError, ValueError, OSError) as e:
