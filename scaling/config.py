@@ -142,10 +142,10 @@ class TasksConfig:
     """Task documents mixed into the source at `rate` (a fraction of tokens), and their probes."""
 
     rate: float = 0.1
+    tasks: tuple[TaskSpec, ...] = ()
     heldout_fraction: float = 0.1
     probe_items: int = 500
     seed: int = 0
-    tasks: tuple[TaskSpec, ...] = ()
 
     def __post_init__(self):
         check(self, rate=number(gt=0, le=0.9), heldout_fraction=number(gt=0, le=0.9),
@@ -189,6 +189,8 @@ class SamplingConfig:
     prompts: int = 16
     prompt_tokens: int = 32
     new_tokens: int = 32
+    # The strategies' settings: temperature sampling, top-k and top-p truncation (Fan et al. 2018;
+    # Holtzman et al. 2020), beam width.
     temperature: float = 0.8
     top_k: int = 20
     top_p: float = 0.9

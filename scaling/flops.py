@@ -51,7 +51,11 @@ class ParamCounts:
     n_params_embed: int
 
 
-def _check_shape(**sizes: int) -> dict[str, int]:
+def _shape(*, n_layer: int, d_model: int, n_head: int, d_ff: int, vocab_size: int, seq_len: int,
+           tie_embeddings: bool = True) -> dict[str, int]:
+    """The model shape that every count here takes (as keywords: `**dataclasses.asdict(ModelConfig)`),
+    checked: positive integers, and n_head dividing d_model."""
+    sizes = dict(n_layer=n_layer, d_model=d_model, n_head=n_head, d_ff=d_ff, vocab_size=vocab_size, seq_len=seq_len)
     checked = {}
     for name, value in sizes.items():
         if isinstance(value, bool):
@@ -64,24 +68,13 @@ def _check_shape(**sizes: int) -> dict[str, int]:
         raise ValueError(
             f"n_head ({checked['n_head']}) must divide d_model ({checked['d_model']})"
         )
-    return checked
+    return {**checked, "tie_embeddings": bool(tie_embeddings)}
 
 
-def param_counts(
-    *,
-    n_layer: int,
-    d_model: int,
-    n_head: int,
-    d_ff: int,
-    vocab_size: int,
-    seq_len: int,
-    tie_embeddings: bool,
-) -> ParamCounts:
-    """Exact parameter counts of the model described in the module docstring."""
-    s = _check_shape(
-        n_layer=n_layer, d_model=d_model, n_head=n_head, d_ff=d_ff,
-        vocab_size=vocab_size, seq_len=seq_len,
-    )
+def param_counts(**shape) -> ParamCounts:
+    """Exact parameter counts of the model described in the module docstring (`shape`: see `_shape`)."""
+    s = _shape(**shape)
+    tie_embeddings = s["tie_embeddings"]
     L, D, F, V, S = s["n_layer"], s["d_model"], s["d_ff"], s["vocab_size"], s["seq_len"]
 
     layer_norm = 2 * D  # scale and bias
@@ -98,16 +91,7 @@ def param_counts(
     )
 
 
-def forward_flops_per_sequence(
-    *,
-    n_layer: int,
-    d_model: int,
-    n_head: int,
-    d_ff: int,
-    vocab_size: int,
-    seq_len: int,
-    tie_embeddings: bool = True,
-) -> int:
+def forward_flops_per_sequence(**shape) -> int:
     """Matmul FLOPs of one forward pass over one sequence of `seq_len` tokens.
 
     Counts 2 FLOPs per multiply-add, every matmul of the model and nothing else. Left out, because
@@ -117,11 +101,7 @@ def forward_flops_per_sequence(
     so H heads of size D/H multiply as much as one head of size D. `tie_embeddings` does not enter
     either: tied or not, the logits are one [S, D] x [D, V] matmul.
     """
-    del tie_embeddings
-    s = _check_shape(
-        n_layer=n_layer, d_model=d_model, n_head=n_head, d_ff=d_ff,
-        vocab_size=vocab_size, seq_len=seq_len,
-    )
+    s = _shape(**shape)
     L, D, F, V, S = s["n_layer"], s["d_model"], s["d_ff"], s["vocab_size"], s["seq_len"]
 
     qkv = 2 * S * D * (3 * D)
@@ -139,43 +119,21 @@ def forward_flops_per_sequence(
     return L * per_layer + logits
 
 
-def training_flops_per_token(
-    *,
-    n_layer: int,
-    d_model: int,
-    n_head: int,
-    d_ff: int,
-    vocab_size: int,
-    seq_len: int,
-    tie_embeddings: bool = True,
-) -> float:
-    """Training FLOPs per token: 3 x forward (see TRAINING_TO_FORWARD) / seq_len."""
-    forward = forward_flops_per_sequence(
-        n_layer=n_layer, d_model=d_model, n_head=n_head, d_ff=d_ff,
-        vocab_size=vocab_size, seq_len=seq_len, tie_embeddings=tie_embeddings,
-    )
+def training_flops_per_token(**shape) -> float:
+    """Training FLOPs per token of a model of `shape` (the keywords of `forward_flops_per_sequence`):
+    3 x forward (see TRAINING_TO_FORWARD) / seq_len."""
+    return float(_training_flops_per_token(**shape))
+
+
+def training_flops(tokens: int, **shape) -> float:
+    """Training FLOPs of `tokens` tokens of a model of `shape` (the keywords of
+    `forward_flops_per_sequence`), float64; exact integer arithmetic up to the rounding."""
+    return float(_training_flops_per_token(**shape) * _check_tokens(tokens))
+
+
+def _training_flops_per_token(**shape) -> int:
     # Every term of the forward count carries a factor S, so the division is exact.
-    return float(TRAINING_TO_FORWARD * forward // seq_len)
-
-
-def training_flops(
-    tokens: int,
-    *,
-    n_layer: int,
-    d_model: int,
-    n_head: int,
-    d_ff: int,
-    vocab_size: int,
-    seq_len: int,
-    tie_embeddings: bool = True,
-) -> float:
-    """Training FLOPs of `tokens` tokens (float64; exact integer arithmetic up to the rounding)."""
-    tokens = _check_tokens(tokens)
-    forward = forward_flops_per_sequence(
-        n_layer=n_layer, d_model=d_model, n_head=n_head, d_ff=d_ff,
-        vocab_size=vocab_size, seq_len=seq_len, tie_embeddings=tie_embeddings,
-    )
-    return float(TRAINING_TO_FORWARD * (forward // seq_len) * tokens)
+    return TRAINING_TO_FORWARD * forward_flops_per_sequence(**shape) // shape["seq_len"]
 
 
 def flops_6nd(n_params_nonembed: int, tokens: int) -> float:
