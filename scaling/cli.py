@@ -6,13 +6,32 @@ User mistakes print one line on stderr and exit with status 2; no tracebacks.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
+import signal
 import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from analysis.records import run_problems
+from scaling import records
 from scaling.config import LAUNCHERS, ConfigError, ConfigValueError
+from scaling.flops import param_counts
+from scaling.launch import jobfile
+from scaling.launch.distributed import DistributedError, check_flags
+from scaling.launch.jobfile import check_writable
+from scaling.launch.local import run_local
+from scaling.launch.ray_launcher import run_ray
+from scaling.launch.report import ASSUMED_MFU as assumed_mfu, LaunchError, SweepReport, pending_runs, run_flops
+from scaling.records import RunLock, base_row
+from scaling.sweep.branch_plan import plan as branch_plan
+from scaling.sweep.reader import check_devices, load_sweep
 
 USAGE_ERROR = 2
 
@@ -23,20 +42,18 @@ def _fail(message: str) -> int:
 
 
 def _console():
-    from rich.console import Console
     console = Console()
     return console if console.is_terminal else Console(width=200)
 
 
 def _device_count() -> int:
-    import jax
+    import jax  # here, not at the top: the commands that need no devices start without JAX
     return jax.device_count()
 
 
 def _load(path: str, only: list[str] | None = None, args=None):
     """The sweep with command-line launcher settings applied, checked against the devices one run
     will get: this machine's for the local launcher, the sweep file's [slurm] / [ray] request else."""
-    from scaling.sweep.reader import check_devices, load_sweep
     sweep = load_sweep(path)
     if args is not None:
         sweep = _with_launcher_flags(sweep, args)
@@ -45,7 +62,6 @@ def _load(path: str, only: list[str] | None = None, args=None):
     runs = sweep.select(only) if only else sweep.runs
     if not runs:
         raise ConfigError(path, "", f"no run matches --only {' '.join(only)}")
-    from scaling.launch.jobfile import check_writable
     check_writable(sweep.path, sweep.out_dir, create=not getattr(args, "dry_run", False))
     return sweep, runs
 
@@ -53,7 +69,6 @@ def _load(path: str, only: list[str] | None = None, args=None):
 def _with_launcher_flags(sweep, args):
     """[slurm] and [ray] settings replaced by the flags given. (No launcher module is imported here:
     submitit reconfigures logging when imported, which only the slurm launcher needs.)"""
-    import dataclasses
     slurm = {k: v for k, v in dict(partition=args.partition, account=args.account, nodes=args.nodes,
                                    gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
                                    mem_gb=args.mem_gb, time_min=args.time_min).items() if v is not None}
@@ -74,24 +89,20 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         _print_plan(sweep, runs)
         if launcher == "slurm":
-            from scaling.launch import slurm
-            from scaling.launch.report import SweepReport, pending_runs
+            from scaling.launch import slurm  # submitit reconfigures logging when imported: only for slurm
             todo = pending_runs(sweep, runs, SweepReport())
             print(f"\n# The batch script that --launcher slurm would submit for the {len(todo)} unfinished runs:")
             print(slurm.sbatch_script(sweep, len(todo), args.max_parallel or sweep.max_parallel) if todo else
                   "# (none: every run is complete)")
         return 0
-    from scaling.launch.report import LaunchError
     t0 = time.perf_counter()
     try:
         if launcher == "slurm":
-            from scaling.launch.slurm import run_slurm
+            from scaling.launch.slurm import run_slurm  # (as above)
             report = run_slurm(sweep, runs, max_parallel=args.max_parallel, wait=args.wait, quiet=args.quiet)
         elif launcher == "ray":
-            from scaling.launch.ray_launcher import run_ray
             report = run_ray(sweep, runs, max_parallel=args.max_parallel, quiet=args.quiet)
         else:
-            from scaling.launch.local import run_local
             report = run_local(sweep, runs, max_parallel=args.max_parallel, quiet=args.quiet)
     except LaunchError as e:
         return _fail(str(e))
@@ -109,17 +120,12 @@ def cmd_sweep(args) -> int:
 
 
 def _print_plan(sweep, runs) -> None:
-    import dataclasses
 
-    from rich.table import Table
 
-    from scaling.flops import param_counts
-    from scaling.hardware import peak_flops
-    from scaling.launch.report import ASSUMED_MFU as assumed_mfu, run_flops
+    from scaling.hardware import peak_flops  # imports JAX
     peak = peak_flops("float32")  # with an assumed utilisation: `scaling bench` measures the real one
     plan = None
     if sweep.branch:
-        from scaling.sweep.branch_plan import plan as branch_plan
         plan = branch_plan(sweep.runs)
     table = Table(title=f"{sweep.name}: {len(runs)} runs -> {sweep.out_dir}")
     branch_cols = ("trained steps", "branch") if plan else ()
@@ -155,9 +161,8 @@ def _print_plan(sweep, runs) -> None:
 def cmd_run(args) -> int:
     """One run, or several together in this process: the jobs a launcher wrote (--spec), or runs of
     a sweep file named by a person (SWEEP --run-id)."""
+    # A run's process: the training tier, and JAX with it, load only here.
     from scaling.launch import job as job_mod
-    from scaling.launch import jobfile
-    from scaling.launch.distributed import DistributedError, check_flags
     from scaling.training.run import preemption
 
     jsonl = args.progress == "jsonl"
@@ -220,7 +225,6 @@ class _RunProgress:
             print(json.dumps({"event": "step", **event}), flush=True)
             return
         if self.progress is None:
-            from rich.progress import Progress
             self.progress = Progress(transient=True)
             self.progress.start()
         run_id = event["run_id"]
@@ -235,7 +239,6 @@ class _RunProgress:
 
 
 def signal_name(signum: int) -> str:
-    import signal
     return signal.Signals(signum).name
 
 
@@ -248,15 +251,9 @@ def _outcome_line(result: dict) -> str:
 def cmd_status(args) -> int:
     """A results folder's runs; or, given a sweep file, every run of its grid, the ones that have
     not started shown as `pending`."""
-    import pyarrow.parquet as pq
-    from rich.table import Table
 
-    from analysis.records import run_problems
     root, planned = Path(args.results), []
     if root.is_file() or root.suffix == ".toml":
-        from scaling import records
-        from scaling.records import base_row
-        from scaling.sweep.reader import load_sweep
         sweep = load_sweep(root)
         root, planned = Path(sweep.out_dir), [base_row(spec) for spec in sweep.runs]
         summaries = [p for r in planned if (p := records.run_dir(root, r["run_id"]) / "summary.parquet").exists()]
@@ -301,7 +298,6 @@ def cmd_status(args) -> int:
 
 
 def _lock_is_free(run_path: Path) -> bool:
-    from scaling.records import RunLock
     lock = RunLock(run_path)
     if lock.acquire():
         lock.release()
@@ -310,12 +306,12 @@ def _lock_is_free(run_path: Path) -> bool:
 
 
 def cmd_bench(args) -> int:
-    from scaling.bench import main as bench_main
+    from scaling.bench import main as bench_main  # imports JAX
     return bench_main(args)
 
 
 def _analysis(name: str, argv: list[str]) -> int:
-    from analysis import cli
+    from analysis import cli  # scipy and matplotlib: only for the analysis commands
     return getattr(cli, name)(argv)
 
 

@@ -50,8 +50,9 @@ from typing import Callable
 
 import numpy as np
 
-from scaling.data import splitcache
-
+from scaling.config import SyntheticConfig
+from scaling.data import splitcache, synthetic as syn
+from scaling.data.tasks import mix_tasks
 
 SOURCES = ("stdlib", "text", "tokens", "synthetic")
 TOKEN_DTYPES = ("uint16", "uint32")
@@ -233,7 +234,6 @@ def open_source(source: str = "stdlib", *, paths: Sequence[str] = (), dtype: str
                           str(cache_dir()), synthetic if source == "synthetic" else None)
     if tasks is None or not tasks.tasks:
         return opened
-    from scaling.data.tasks import mix_tasks
     return mix_tasks(opened, tasks, cache_dir())
 
 
@@ -241,8 +241,6 @@ def open_source(source: str = "stdlib", *, paths: Sequence[str] = (), dtype: str
 def _open_cached(source: str, paths: tuple[str, ...], dtype: str, vocab_size: int | None,
                  val_fraction: float, base_dir: str, cache: str, synthetic=None) -> TokenSource:
     if source == "synthetic":
-        from scaling.data import synthetic as syn
-        from scaling.config import SyntheticConfig
         config = synthetic or SyntheticConfig()
         train, val, content_hash, split_rule = syn.open_synthetic(config, Path(cache))
         return TokenSource(name="synthetic", vocab_size=_byte_vocab_size(vocab_size), content_hash=content_hash,

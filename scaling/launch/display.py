@@ -6,7 +6,11 @@ import dataclasses
 import math
 import time
 
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
 from scaling.config import RunSpec
+from scaling.flops import param_counts
+from scaling.launch.eta import Eta, RunCost, format_seconds
 from scaling.launch.report import ASSUMED_MFU, run_flops
 
 
@@ -15,8 +19,7 @@ class Display:
     bar per active run; or, quiet, one line per start and finish with the ETA."""
 
     def __init__(self, todo: list[RunSpec], workers: int, quiet: bool, on_eta=None):
-        from scaling.launch.eta import Eta, RunCost
-        from scaling.hardware import peak_flops
+        from scaling.hardware import peak_flops  # here: it imports JAX, which the sweep's parent does not need else
 
         self.quiet, self.n_runs, self.done, self.on_eta = quiet, len(todo), 0, on_eta
         self.started: set[str] = set()
@@ -27,7 +30,6 @@ class Display:
         self.progress = None
         total_flops = sum(map(run_flops, todo))
         if not quiet:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                                      TimeElapsedColumn(), refresh_per_second=4)
             self.sweep_task = self.progress.add_task(f"sweep 0/{self.n_runs} runs", total=total_flops, info="")
@@ -38,7 +40,6 @@ class Display:
     def _eta_text(self, every: float = 0.0) -> str:
         """The sweep's ETA, recomputed at most once per `every` seconds (step events can come
         hundreds of times a second)."""
-        from scaling.launch.eta import format_seconds
         now = time.monotonic()
         if now - self._eta_at >= every:
             remaining = self.eta.remaining(now)
@@ -49,7 +50,6 @@ class Display:
 
     def start(self, spec: RunSpec):
         """Show `spec` as running (once: later calls for it do nothing)."""
-        from scaling.launch.eta import RunCost
         if spec.run_id in self.started:
             return
         self.started.add(spec.run_id)
@@ -97,7 +97,6 @@ class Display:
 
 
 def _n(spec: RunSpec) -> str:
-    from scaling.flops import param_counts
     return f"{param_counts(**dataclasses.asdict(spec.model)).n_params_nonembed:.3g}"
 
 

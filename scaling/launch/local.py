@@ -14,15 +14,18 @@ import selectors
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 from scaling import records
-from scaling.launch import cpu
 from scaling.config import RunSpec
-from scaling.sweep.reader import SweepConfig
-from scaling.launch import jobfile
+from scaling.launch import cpu, jobfile
 from scaling.launch.display import Display
 from scaling.launch.report import SweepReport, finish_run, pending_runs, run_flops
+from scaling.sweep.branch_plan import plan as branch_plan
+from scaling.sweep.pack_plan import PACK_PRESET, plan_packs
+from scaling.sweep.reader import SweepConfig
 
 
 def local_jobs(sweep: SweepConfig, todo: list[RunSpec], report: SweepReport, workers: int = 1) -> list[list[RunSpec]]:
@@ -33,7 +36,6 @@ def local_jobs(sweep: SweepConfig, todo: list[RunSpec], report: SweepReport, wor
         return branch_jobs(sweep, todo)
     if not sweep.pack:  # (branch and pack exclude each other: with several workers a branch starts
         return [[spec] for spec in todo]  # in its own process as soon as its seed is there)
-    from scaling.sweep.pack_plan import PACK_PRESET, plan_packs
     single, alone = [], []
     for spec in todo:
         (single if spec.mesh.preset == PACK_PRESET else alone).append(spec)
@@ -49,7 +51,6 @@ def branch_jobs(sweep: SweepConfig, todo: list[RunSpec]) -> list[list[RunSpec]]:
     trunk first (a branch costs only its cool-down, so a process start-up of its own would be a
     large part of it), and each branch whose trunk is done or not in `todo`, alone. Largest work
     first."""
-    from scaling.sweep.branch_plan import plan as branch_plan
     plan = branch_plan(sweep.runs)
     groups: dict[str, list[RunSpec]] = {}
     for spec in todo:
@@ -84,7 +85,6 @@ class _StopSignals:
         self.previous: dict = {}
 
     def __enter__(self):
-        import threading
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):
                 self.previous[s] = signal.signal(s, self._on_signal)
@@ -102,7 +102,6 @@ def _stderr_file():
     """A run process's stderr: a temporary file outside the results folder (which may be the disk
     that is full), read back only when the run dies without a result. Libraries' warnings and the
     tracebacks of their threads stay out of the sweep's output."""
-    import tempfile
     try:
         return tempfile.TemporaryFile()
     except OSError:
@@ -147,7 +146,6 @@ def run_local(sweep: SweepConfig, runs, *, max_parallel: int | None = None, quie
     workers = max_parallel or sweep.max_parallel
     plan = None
     if sweep.branch:
-        from scaling.sweep.branch_plan import plan as branch_plan
         plan = branch_plan(sweep.runs)
     display = Display(todo, workers, quiet, on_eta)
     # One CPU device per core of each run's share (scaling/launch/cpu.py), chosen for every run of the

@@ -12,7 +12,6 @@ where the driver sees them: the cluster needs a shared filesystem, as SLURM does
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from scaling.launch import jobfile
 from scaling.launch.report import LaunchError, SweepReport, finish_run, pending_runs

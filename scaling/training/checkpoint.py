@@ -12,7 +12,9 @@ import logging
 import shutil
 from pathlib import Path
 
+import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from scaling.training import preemption
 
@@ -64,10 +66,8 @@ class Checkpoints:
 
     def delete_all(self) -> None:
         """Multi-host: every process closes its manager, then process 0 alone deletes the folder."""
-        import jax
         self.close()
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices("scaling:delete-checkpoints")
         if jax.process_index() == 0:
             shutil.rmtree(self.folder, ignore_errors=True)

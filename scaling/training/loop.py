@@ -28,12 +28,11 @@ import numpy as np
 
 from scaling import records
 from scaling.config import RunSpec
+from scaling.data.sources import cache_dir
 from scaling.sweep.branch_plan import Plan, open_seed, remove_seed
-from scaling.training import preemption
-from scaling.training import sharding as shd
-from scaling.training import step as tr
+from scaling.training import preemption, sharding as shd, step as tr
 from scaling.training.checkpoint import CheckpointError, Checkpoints
-from scaling.training.pack import build_packed_program, check_packable
+from scaling.training.pack import PackError, build_packed_program, check_packable
 from scaling.training.runlog import RunContext, RunLog, Throughput, rows_until
 from scaling.training.seeding import Seeder
 
@@ -45,7 +44,6 @@ class Halt(Exception):
 def enable_compilation_cache() -> None:
     """JAX's persistent compilation cache in the user's cache folder: a rerun, or a second run of the
     same shape, loads its compiled steps instead of compiling them again."""
-    from scaling.data.sources import cache_dir
     if jax.config.jax_compilation_cache_dir is None:
         jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
         # Every program, however quick to compile: a run has a dozen small ones (init, eval,
@@ -161,7 +159,6 @@ class Loop:
     def _resume(self):
         """Each member's state (a member whose checkpoint cannot be read is recorded failed and left
         out), then the program that steps the members that are left: the lone one for one member."""
-        from scaling.training.pack import PackError
         states, start = [], None
         for mb in self.members:
             try:

@@ -27,10 +27,7 @@ Records are each member's own, in its own run folder, with the lone run's column
 """
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import jax
@@ -40,8 +37,7 @@ from flax import nnx
 from scaling.config import RunSpec
 from scaling.model import GPT
 from scaling.sweep.pack_plan import HYPER, PACK_PRESET, hyper_values, pack_key
-from scaling.training import sharding as shd
-from scaling.training import step as tr
+from scaling.training import sharding as shd, step as tr
 
 
 class PackError(Exception):
@@ -81,7 +77,6 @@ class PackedProgram:
         return self.step(params, opt_state, self.hyper, batch)
 
     def init_state(self):
-        import jax.numpy as jnp
         params = self.init(jnp.asarray([s.seed for s in self.specs], jnp.int32))
         return params, self.init_opt(params)
 
@@ -90,8 +85,6 @@ class PackedProgram:
 
     @staticmethod
     def stack(trees):
-        import jax
-        import jax.numpy as jnp
         return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 

@@ -11,10 +11,17 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from scaling import records
+import jax
+import numpy as np
+
+from scaling import data as data_mod, hardware, records
 from scaling.config import RunSpec, eval_steps
 from scaling.flops import flops_6nd, training_flops_per_token
 from scaling.records import base_row
+from scaling.science import probes, sampling
+from scaling.science.metrics import reliability_table
+from scaling.training import sharding as shd, step as tr
+from scaling.training.checkpoint import CheckpointError
 
 
 def _versions() -> dict:
@@ -41,14 +48,7 @@ class RunContext:
     that the hardware sets."""
 
     def __init__(self, spec: RunSpec, mesh, program):
-        import jax
-        import numpy as np
 
-        from scaling import data as data_mod
-        from scaling import hardware
-        from scaling.science import probes
-        from scaling.training import sharding as shd
-        from scaling.training import step as tr
 
         m, t = spec.model, spec.train
         self.spec, self.program = spec, program
@@ -83,7 +83,6 @@ class RunContext:
 
     def batch(self, step: int):
         """The global batch of update `step` (1-based), from this process's rows of it."""
-        from scaling.training import step as tr
         local = self.batcher.batch(step - 1, self.data_share, self.n_shares)
         micro = tr.micro_batches(local, self.local_shards, self.program.n_micro)
         return tr.to_global(micro, self.batch_sharding, self.global_shape)
@@ -98,7 +97,6 @@ class RunContext:
 
     def evaluate(self, params, grad_norm: float, tokens_per_second: float) -> tuple[dict, list]:
         """The evaluation columns of `params` and their calibration bins."""
-        from scaling.training import step as tr
         ev = tr.evaluate(self.program, params, self.val_windows, self.chunk)
         values = dict(val_loss=ev["val_loss"], val_entropy=ev["val_entropy"], val_ece=ev["val_ece"],
                       grad_norm=grad_norm, tokens_per_second=tokens_per_second, mfu=self.mfu(tokens_per_second))
@@ -158,7 +156,6 @@ class RunLog:
 
     def __init__(self, spec: RunSpec, out_dir: str | Path, ctx: RunContext, *, writer: bool = True,
                  columns: dict | None = None, t_start: float | None = None):
-        from scaling.training import step as tr
         self.spec, self.ctx, self.writer = spec, ctx, writer
         self.t_start = time.perf_counter() if t_start is None else t_start
         self.path = records.run_dir(out_dir, spec.run_id)
@@ -185,7 +182,6 @@ class RunLog:
 
     def check_fresh(self, folder) -> None:
         """A run without a checkpoint must not have records either (they could not be continued)."""
-        from scaling.training.checkpoint import CheckpointError
         if self.history_path.exists() and records.read_rows(self.history_path):
             raise CheckpointError(f"{self.history_path} has records but {folder} holds no checkpoint to "
                                   f"continue them from; delete the run folder {self.path} to train this run "
@@ -210,8 +206,6 @@ class RunLog:
 
     def evaluation(self, step: int, values: dict, bins) -> dict:
         """A history row (and its calibration bins) for the evaluation after `step` updates."""
-        from scaling.science.metrics import reliability_table
-        import numpy as np
         r = self.row(step=step, train_loss=float(np.mean(self.losses_since_eval)), lr=float(self.schedule(step - 1)),
                      **values)
         self.history.append(r)
@@ -243,7 +237,6 @@ class RunLog:
     def complete(self, params, tokens_per_second: float | None) -> dict:
         """The summary of the finished run (its last evaluation, the whole run's throughput, the
         samples' columns) written with status `complete`."""
-        from scaling.science import sampling
         ctx, m = self.ctx, self.spec.model
         final = dict(self.history[-1])
         tps = tokens_per_second or final["tokens_per_second"]

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scaling import records
-from scaling.config import RunSpec
+from scaling.config import RunSpec, eval_steps
 from scaling.sweep.branch_plan import Branch, seed_dir
+from scaling.training.checkpoint import Checkpoints
+from scaling.training.runlog import RunLog, rows_until
 
 
 def _pending_dir(out_dir, b: Branch) -> Path:
@@ -36,8 +38,6 @@ class Seeder:
     def __init__(self, out_dir, trunk: RunSpec, branches: list[Branch], restored_step: int | None, host: dict,
                  ctx):
         """`ctx`: the trunk's run.RunContext (a branch has the trunk's shape, data and mesh)."""
-        from scaling.training.runlog import RunLog, rows_until
-        from scaling.config import eval_steps
         self.out_dir, self.trunk = out_dir, trunk
         tracked = host.get("branch_losses", {})
         self.active: list[_Track] = []
@@ -72,7 +72,6 @@ class Seeder:
                 self.active.remove(t)
 
     def _write_seed(self, t: _Track, state: dict) -> None:
-        from scaling.training.checkpoint import Checkpoints
         final = seed_dir(self.out_dir, t.branch)
         tmp = final.parent / f".tmp-{t.branch.spec.run_id}"
         shutil.rmtree(tmp, ignore_errors=True)
