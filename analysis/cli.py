@@ -27,6 +27,7 @@ from analysis.comparison import compare
 from analysis.emergence import optimal_loss_gap, probe_tasks, transitions
 from analysis.fit_result import DEFAULT_BOOTSTRAP, Fit
 from analysis.kaplan import fit_kaplan
+from analysis.conventions import fit_conventions, side_by_side
 from analysis.records import load_history, load_runs, one_line_warnings
 
 
@@ -52,6 +53,9 @@ def fit_command(argv: list[str]) -> int:
     parser.add_argument("--holdout-flops", type=float, metavar="C",
                         help="audit instead: fit on the runs with training FLOPs below C and predict the others "
                              "(Chinchilla: approach 3; Kaplan: the joint L(N, D))")
+    parser.add_argument("--conventions", action="store_true",
+                        help="each law under both parameter counts (non-embedding, all) and both compute counts "
+                             "(6ND, exact) side by side, the law's own marked *")
     return _run(parser, argv, _fit)
 
 
@@ -180,8 +184,28 @@ def _fit(args) -> str:
     runs, history = _records(args.results_dir)
     if args.holdout_flops is not None:
         return _audit_text(runs, history, args)
+    if args.conventions:
+        return _conventions_text(runs, history, args)
     approaches = (args.approach,) if args.approach else None
     return _fits_text(_sweep_fits(runs, history, args.law, approaches, args.bootstrap), args.format)
+
+
+def _conventions_text(runs: pd.DataFrame, history: pd.DataFrame, args) -> str:
+    """`fit_conventions` of every sweep: Kaplan's laws on the learning curves where there are any,
+    Chinchilla's approach (3 unless asked) on the runs."""
+    parts, sweeps, histories = [], _by_sweep(runs), _by_sweep(history)
+    for sweep, sweep_runs in sweeps.items():
+        curves = histories.get(sweep, pd.DataFrame())
+        records = curves if args.law == "kaplan" and not curves.empty else sweep_runs
+        frame = fit_conventions(records, args.law, approach=args.approach or 3, bootstrap=args.bootstrap)
+        if args.format == "csv":
+            parts.append(tables.render(frame.assign(**({"sweep": sweep} if sweep is not None else {})), "csv"))
+            continue
+        title = f"### {sweep}\n\n" if len(sweeps) > 1 else ""
+        parts.append(title + side_by_side(frame, args.format)
+                     + "\n* the law's own convention (Kaplan et al. 2020: non-embedding N, C = 6ND; Hoffmann et "
+                       "al. 2022: all parameters, FLOPs with attention and embeddings). Tokens are bytes here.\n")
+    return "\n".join(parts)
 
 
 def _audit_text(runs: pd.DataFrame, history: pd.DataFrame, args) -> str:

@@ -93,12 +93,13 @@ def _cell(value, format: str) -> str:
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     if isinstance(value, (float, np.floating)):
-        return _number(float(value), format)
+        return number_text(float(value), format)
     text = str(value)
     return _latex_escape(text) if format == "latex" else text.replace("|", "\\|")
 
 
-def _number(value: float, format: str) -> str:
+def number_text(value: float, format: str) -> str:
+    """A number as a table shows it: 4 significant digits, scientific notation outside [1e-3, 1e4)."""
     if not math.isfinite(value):
         return str(value)
     if value == 0 or 1e-3 <= abs(value) < 1e4:
@@ -113,7 +114,7 @@ def interval_text(lo: float, hi: float, format: str) -> str:
     """"[lo, hi]"; empty when either end is NaN (no interval); an infinite end reads "inf"."""
     if np.isnan(lo) or np.isnan(hi):
         return ""
-    ends = [("inf" if value > 0 else "-inf") if np.isinf(value) else _number(value, format) for value in (lo, hi)]
+    ends = [("inf" if value > 0 else "-inf") if np.isinf(value) else number_text(value, format) for value in (lo, hi)]
     return f"[{ends[0]}, {ends[1]}]"
 
 
