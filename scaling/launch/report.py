@@ -72,14 +72,20 @@ def finish_run(report: SweepReport, sweep: SweepConfig, spec: RunSpec, status: s
         recorded = mark_failed(sweep.out_dir, spec, error)
         if recorded in DONE:
             status, error = recorded, None
+    elif status == "failed":
+        # The run's process has exited, and with it any writer thread that outlived its error (orbax
+        # finishing a checkpoint on a full disk): what they left is removed now.
+        mark_failed(sweep.out_dir, spec, None)
     report.record(spec.run_id, status, error)
     return status
 
 
-def mark_failed(out_dir, spec: RunSpec, error: str) -> str | None:
+def mark_failed(out_dir, spec: RunSpec, error: str | None) -> str | None:
     """Write status failed into a run's records, under its lock, unless they say it is complete or
-    diverged (that status is returned) or another process holds the run. A disk that refuses the
-    write leaves the records as they are: the sweep's report still names the failure."""
+    diverged (that status is returned) or another process holds the run, and remove the temporary
+    files of its unfinished writes; `error` None: the run recorded its failure itself, only clean up.
+    A disk that refuses the write leaves the records as they are: the sweep's report still names
+    the failure."""
     path = records.run_dir(out_dir, spec.run_id)
     try:
         lock = records.RunLock(path)
@@ -91,7 +97,8 @@ def mark_failed(out_dir, spec: RunSpec, error: str) -> str | None:
         status = records.read_status(path)
         if status not in DONE:
             records.remove_temporaries(path)
-            write_failure(spec, out_dir, "failed", error)
+            if error is not None:
+                write_failure(spec, out_dir, "failed", error)
         return status
     except OSError:
         return None
