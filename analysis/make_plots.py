@@ -22,6 +22,7 @@ files' metadata. A figure the data cannot support is skipped with one line on st
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -40,6 +41,7 @@ from analysis.emergence import load_calibration, probe_tasks  # noqa: E402
 from analysis.fit_result import DEFAULT_BOOTSTRAP  # noqa: E402
 from analysis.kaplan import fit_kaplan  # noqa: E402
 from analysis.records import load_history, load_runs, one_line_warnings  # noqa: E402
+from analysis.tuning import RULE_FILE, tuning_figure  # noqa: E402
 
 PNG_DPI = 150
 # No creation date (PDF) and no version string (PNG): the same records give the same bytes.
@@ -64,9 +66,14 @@ def save(fig, folder: Path, name: str) -> list[Path]:
 
 def sweep_figures(sweep_dir: Path, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> list[Path]:
     """Write every figure the sweep's records support; returns the files written."""
-    runs, history = load_runs(sweep_dir), load_history(sweep_dir)
+    runs, history = (_main_stage(f) for f in (load_runs(sweep_dir), load_history(sweep_dir)))
     out = sweep_dir / "figures"
     written: list[Path] = []
+    tune = sweep_dir / "tune" / RULE_FILE
+    if tune.exists():  # `scaling tune`'s runs and rule: their own figure, never in the grid's
+        tuned = load_runs(sweep_dir / "tune")
+        written.extend(save(tuning_figure(tuned[tuned["status"] == "complete"], json.loads(tune.read_text())),
+                            out, "lr_tuning"))
     if runs.empty:
         print(f"{sweep_dir}: no runs, no figures", file=sys.stderr)
         return written
@@ -129,6 +136,13 @@ def sweep_figures(sweep_dir: Path, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int
     if not calibration.empty:
         attempt("reliability", lambda: plots.reliability_figure(calibration, runs))
     return written
+
+
+def _main_stage(frame: pd.DataFrame) -> pd.DataFrame:
+    """The grid's own records: learning-rate tuning runs (`stage` tune) left out."""
+    if frame.empty or "stage" not in frame:
+        return frame
+    return frame[frame["stage"].fillna("main") != "tune"].reset_index(drop=True)
 
 
 def _isoflop_mask(runs: pd.DataFrame) -> pd.Series:

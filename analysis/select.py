@@ -44,8 +44,8 @@ def usable(records: pd.DataFrame, columns: Iterable[str], statuses: Iterable[str
            positive: Iterable[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(rows a fit may use, rows dropped with a `reason`).
 
-    Dropped: runs whose status is not in `statuses` (a diverged or failed run's last loss is not a
-    point of the law), and rows with a non-finite value in `columns` or a non-positive value in
+    Dropped: tuning runs (`stage` tune), runs whose status is not in `statuses` (a diverged or
+    failed run's last loss is not a point of the law), and rows with a non-finite value in `columns` or a non-positive value in
     `positive` (laws are fitted in log space).
     """
     require(isinstance(records, pd.DataFrame), f"{what} takes a DataFrame of records "
@@ -54,9 +54,11 @@ def usable(records: pd.DataFrame, columns: Iterable[str], statuses: Iterable[str
     columns = list(columns)
     require_columns(records, columns, what)
     reason = pd.Series("", index=records.index, dtype=object)
+    if "stage" in records:  # learning-rate tuning runs (`scaling tune`) never enter a grid's fits
+        reason[records["stage"].fillna("main") == "tune"] = "a tuning run (stage = tune)"
     if "status" in records:
         status = run_status(records)
-        bad = ~status.isin(list(statuses))
+        bad = ~status.isin(list(statuses)) & (reason == "")
         reason[bad] = "status " + status[bad]
     for col in columns:
         values = pd.to_numeric(records[col], errors="coerce").to_numpy(dtype=float)

@@ -1,4 +1,4 @@
-"""`scaling` command line: sweep, run, status, bench, fit, table, compare.
+"""`scaling` command line: sweep, tune, run, status, bench, fit, table, compare.
 
 User mistakes print one line on stderr and exit with status 2; no tracebacks.
 """
@@ -32,6 +32,7 @@ from scaling.launch.report import ASSUMED_MFU as assumed_mfu, LaunchError, Sweep
 from scaling.records import RunLock, base_row
 from scaling.sweep.branch_plan import plan as branch_plan
 from scaling.sweep.reader import check_devices, load_sweep
+from scaling.sweep.tuning import tune_dir, tune_runs
 
 USAGE_ERROR = 2
 
@@ -119,9 +120,38 @@ def cmd_sweep(args) -> int:
     return 1 if report.failed else 0
 
 
+def cmd_tune(args) -> int:
+    """The learning rate per model size (scaling/sweep/tuning.py): every shape of the grid at every
+    [tune] lrs value, packed; then the best per size and the rule LR*(N), saved for lr = "tuned"."""
+    sweep = load_sweep(args.sweep, for_tuning=True)
+    if sweep.tune is None:
+        raise ConfigError(args.sweep, "tune", "no [tune] table: give the learning rates to try, e.g. "
+                          "[tune] lrs = [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2]")
+    runs = tuple(tune_runs(sweep.runs, sweep.tune))
+    folder = str(tune_dir(sweep.out_dir))
+    tuning = dataclasses.replace(sweep, out_dir=folder, runs=runs, pack=True, branch=False, launcher="local")
+    check_devices(tuning, _device_count())
+    check_writable(sweep.path, folder, create=not args.dry_run)
+    if args.dry_run:
+        _print_plan(tuning, runs)
+        return 0
+    report = run_local(tuning, runs, max_parallel=args.max_parallel, quiet=args.quiet)
+    if report.stopped_by:
+        print(f"scaling: stopped by {signal_name(report.stopped_by)}; run `scaling tune {args.sweep}` again to resume",
+              file=sys.stderr)
+        return 128 + report.stopped_by
+    for line in report.lines():
+        print(line)
+    from analysis.tuning import save_tuning  # scipy and matplotlib: only here
+    ids = {spec.run_id for spec in runs}
+    try:
+        print(save_tuning(folder, ids, bootstrap=args.bootstrap), end="")
+    except ValueError as e:
+        return _fail(f"{folder}: no rule: {e}")
+    return 1 if report.failed else 0
+
+
 def _print_plan(sweep, runs) -> None:
-
-
     from scaling.hardware import peak_flops  # imports JAX
     peak = peak_flops("float32")  # with an assumed utilisation: `scaling bench` measures the real one
     plan = None
@@ -349,6 +379,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "and resumes from its checkpoint)")
     s.add_argument("--ray-address", help="ray: the cluster to use (default: the sweep file's [ray] address, 'auto')")
     s.set_defaults(func=cmd_sweep)
+
+    t = sub.add_parser("tune", help="tune the learning rate per model size; save the rule lr = \"tuned\" uses",
+                       description="Train every model shape of the sweep's grid at every [tune] lrs value (packed), "
+                                   "pick the best per size and fit LR*(N) as a power law; saved in "
+                                   "<out_dir>/tune/lr_rule.json for [optimizer] lr = \"tuned\".")
+    t.add_argument("sweep", help="sweep file (TOML) with a [tune] table")
+    t.add_argument("--dry-run", action="store_true", help="list the tuning runs")
+    t.add_argument("--max-parallel", type=_at_least(1), default=None, help="processes at once (default: the sweep's)")
+    t.add_argument("--bootstrap", type=_at_least(0), default=1000, help="replicates for the rule's interval")
+    t.add_argument("--quiet", "-q", action="store_true", help="plain log lines instead of progress bars")
+    t.set_defaults(func=cmd_tune)
 
     r = sub.add_parser("run", help="train runs: those a launcher wrote (--spec), or runs of a sweep file by id",
                        description="Train one run (or several together in this process) and write its records. "

@@ -272,16 +272,11 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class MeshConfig:
-    """Device mesh; see scaling/training/sharding.py for what each axis splits.
-
-    `dp`: one axis `data` (parameters replicated). `fsdp`: one axis `fsdp` (parameters, optimizer
-    state and batch split). `fsdp_tp`: axes `data` x `fsdp` x `tensor` (batch over data and fsdp,
-    parameters over fsdp, attention heads and MLP hidden units over tensor, Megatron style).
+    """Device mesh: presets dp, fsdp, fsdp_tp; scaling/training/sharding.py says what each axis splits.
 
     `size` is the number of devices the mesh uses (-1: all). An axis size of -1 takes the rest of
     them; an axis left unset (None) is 1, except the preset's rest axis (`MESH_REST_AXIS`), which is
-    -1 when no axis is.
-    """
+    -1 when no axis is."""
 
     preset: str = "dp"
     size: int = -1
@@ -407,9 +402,9 @@ class RayConfig:
         return max(1, int(self.num_gpus))
 
 
-# Fields that do not enter run_id: they change how a run executes, not what it computes.
+# Fields that do not enter run_id: how a run executes, or where its settings came from, not what it computes.
 _EXECUTION_ONLY = {"mesh", "sweep", "train.micro_batch", "train.checkpoint_every", "train.keep_checkpoints",
-                   "train.attention", "data.base_dir"}
+                   "train.attention", "data.base_dir", "lr_source", "stage"}
 # Optional instruments, hashed only when set: a sweep without them keeps the run ids it had before
 # they existed.
 _HASHED_WHEN_SET = {"data.synthetic", "data.tasks", "sampling", "optim.warmup_steps"}
@@ -427,12 +422,15 @@ class RunSpec:
     seed: int = 0
     flops_budget: float | None = None
     sampling: SamplingConfig | None = None
+    lr_source: str = "fixed"  # optim.lr as the sweep file gives it, or "tuned": from `scaling tune`'s rule
+    stage: str = "main"  # or "tune": a learning-rate tuning run, never in a grid's fits
 
     def __post_init__(self):
         check(self, sweep=text(), grid=choice(GRIDS), model=instance(ModelConfig), data=instance(DataConfig),
               optim=instance(OptimConfig), train=instance(TrainConfig), mesh=instance(MeshConfig),
               seed=integer(ge=0), flops_budget=number(gt=0, optional=True),
-              sampling=instance(SamplingConfig, optional=True))
+              sampling=instance(SamplingConfig, optional=True), lr_source=choice(("fixed", "tuned")),
+              stage=choice(("main", "tune")))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -43,6 +43,10 @@ SCHEMA = pa.schema([
     # WSD branching (scaling/sweep/branch_plan.py): the trunk's run_id and the step this run left it at; null
     # for a run trained from step 0 on its own.
     ("branched_from", pa.string()), ("branch_step", pa.int64()),
+    # Where the learning rate came from (fixed in the sweep file, or the rule `scaling tune` fitted) and
+    # the run's stage (main, or a tuning run, which never enters a grid's fits).
+    ("lr_source", pa.string()), ("stage", pa.string()),
+    ("lr_peak", pa.float64()),  # the optimizer's lr, where the schedule peaks (`lr` is the scheduled value)
 ])
 
 STATUSES = ("running", "complete", "diverged", "failed")
@@ -206,6 +210,7 @@ def base_row(spec: RunSpec) -> dict:
         "flops_convention": FLOPS_CONVENTION,
         "flops_budget": spec.flops_budget if spec.flops_budget is not None else math.nan, "pack_size": 1,
         "branched_from": None, "branch_step": None,  # set where a run resumes from its trunk's seed
+        "lr_source": spec.lr_source, "stage": spec.stage, "lr_peak": spec.optim.lr,
     }
 
 

@@ -28,6 +28,7 @@ from scaling.config_checks import check, choice, entries, field_default, field_t
 from scaling.sweep.grids import BYTE_VOCAB, ShapeRule, grid_points
 from scaling.sweep.instruments import read_sampling, read_synthetic, read_tasks
 from scaling.sweep.table import Settings, Table, folder_name_problem, from_toml, int_list, unique
+from scaling.sweep.tuning import TuneConfig, tuned_runs
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,10 @@ class SweepConfig:
     # process, at most `pack_size` at once (scaling/training/pack.py).
     pack: bool = False
     pack_size: int = 8
+    # [tune] (scaling/sweep/tuning.py): the learning rates `scaling tune` tries per size; and whether
+    # the runs take their lr from the rule it saved (`[optimizer] lr = "tuned"`).
+    tune: TuneConfig | None = None
+    lr_tuned: bool = False
 
     def __post_init__(self):
         check(self, name=text())
@@ -54,7 +59,8 @@ class SweepConfig:
                                    f"'.', got {self.name!r})")
         check(self, path=text(), out_dir=text("expected a non-empty folder"), runs=entries(instance(RunSpec)),
               launcher=choice(LAUNCHERS), max_parallel=integer(ge=1), branch=flag, slurm=instance(SlurmConfig),
-              ray=instance(RayConfig), pack=flag, pack_size=integer(ge=1))
+              ray=instance(RayConfig), pack=flag, pack_size=integer(ge=1), tune=instance(TuneConfig, optional=True),
+              lr_tuned=flag)
         if self.branch and self.pack:
             raise ConfigValueError("branch", "not both branch = true and [sweep] pack = true (a packed trunk writes "
                                    "no branch seeds): choose one")
@@ -77,13 +83,21 @@ class SweepConfig:
         return tuple(s for s in self.runs if all(hit(s, p) for p in patterns))
 
 
-def load_sweep(path: str | Path, *, device_count: int | None = None) -> SweepConfig:
-    """Parse and validate a sweep file in full. Raises ConfigError on the first mistake."""
+def load_sweep(path: str | Path, *, device_count: int | None = None, for_tuning: bool = False) -> SweepConfig:
+    """Parse and validate a sweep file in full. Raises ConfigError on the first mistake.
+
+    `lr = "tuned"` takes each run's learning rate from the rule `scaling tune` saved; `for_tuning`
+    (what `scaling tune` reads the file with, before there is a rule) leaves them at the default."""
     path = Path(path)
     root = Table(str(path), "", _parse(path))
     sweep, seeds = _sweep_settings(root.sub("sweep"), path)
     data, rule = _data_and_shape_rule(root, _base_dir(path))
+    lr_tuned = _takes_tuned_lr(root)
     optim, optim_settings, branch = _optim(root.sub("optimizer"), root.sub("schedule"))
+    tune = root.sub("tune").config(TuneConfig) if "tune" in root.data else None
+    if lr_tuned and "optimizer.lr" in root.data.get("axes", {}):
+        raise ConfigError(root.file, 'axes."optimizer.lr"', 'not with optimizer.lr = "tuned": the rule gives each '
+                          "size its learning rate")
     train, train_settings = _train(root.sub("train"), rule.seq_len)
     mesh, slurm, ray = (root.sub(k).config(cls) for k, cls in (("mesh", MeshConfig), ("slurm", SlurmConfig),
                                                                 ("ray", RayConfig)))
@@ -96,12 +110,24 @@ def load_sweep(path: str | Path, *, device_count: int | None = None) -> SweepCon
                           "[isoflop] table")
     shared = dict(sweep=sweep.values["name"], data=data, mesh=mesh, sampling=sampling)
     runs = _runs(root.file, shared, optim, train, grids, axes, seeds)
-    config = (sweep | branch).build(SweepConfig, path=root.file, runs=runs, slurm=slurm, ray=ray)
+    if lr_tuned and not for_tuning:
+        runs = tuned_runs(root.file, sweep.values["out_dir"], runs)
+    config = (sweep | branch).build(SweepConfig, path=root.file, runs=runs, slurm=slurm, ray=ray, tune=tune,
+                                    lr_tuned=lr_tuned)
     if config.branch:
         from scaling.sweep.branch_plan import share_warmup
         config = dataclasses.replace(config, runs=tuple(share_warmup(list(config.runs), config.path)))
     check_devices(config, device_count)
     return config
+
+
+def _takes_tuned_lr(root: Table) -> bool:
+    """Whether `[optimizer] lr = "tuned"`; the key is then taken out of the table, which reads numbers."""
+    optimizer = root.data.get("optimizer")
+    if not isinstance(optimizer, dict) or optimizer.get("lr") != "tuned":
+        return False
+    root.data["optimizer"] = {k: v for k, v in optimizer.items() if k != "lr"}
+    return True
 
 
 def _parse(path: Path) -> dict:
