@@ -250,17 +250,23 @@ class TrainConfig:
     entropy_coef: float = 0.0
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
-    # "xla": attention written out (einsum, float32 softmax). "dot_product_attention":
-    # jax.nn.dot_product_attention, cuDNN flash attention on GPUs that have it. Same math; float noise
-    # apart, so it stays out of run_id (like the mesh) and a run may resume under the other.
+    # "xla": attention written out (einsum, float32 softmax); "dot_product_attention": cuDNN flash where
+    # present. Same math up to float noise: out of run_id (like the mesh), a run may resume under the other.
     attention: str = "xla"
+    eval_spacing: str | None = None  # None (log-spaced) or "linear": evenly spaced, to resolve a transition
 
     def __post_init__(self):
         check(self, tokens=integer(ge=1), batch_tokens=integer(ge=1), micro_batch=integer(ge=0),
               eval_points=integer(ge=1, le=MAX_EVAL_POINTS), eval_sequences=integer(ge=1, le=MAX_EVAL_SEQUENCES),
               checkpoint_every=integer(ge=0), keep_checkpoints=flag, label_smoothing=number(ge=0, le=1),
               entropy_coef=number(), param_dtype=choice(DTYPES), compute_dtype=choice(DTYPES),
-              attention=choice(ATTENTION))
+              attention=choice(ATTENTION),
+              eval_spacing=lambda value: None if value is None else choice(("log", "linear"))(value))
+        if self.eval_spacing == "log":  # the default, however it is written: the same run_id
+            object.__setattr__(self, "eval_spacing", None)
+
+    def eval_steps(self, steps: int) -> list[int]:
+        return eval_steps(steps, self.eval_points, self.eval_spacing or "log")
 
     def batch_size(self, seq_len: int) -> int:
         """Global batch in sequences."""
@@ -273,10 +279,8 @@ class TrainConfig:
 @dataclass(frozen=True)
 class MeshConfig:
     """Device mesh: presets dp, fsdp, fsdp_tp; scaling/training/sharding.py says what each axis splits.
-
-    `size` is the number of devices the mesh uses (-1: all). An axis size of -1 takes the rest of
-    them; an axis left unset (None) is 1, except the preset's rest axis (`MESH_REST_AXIS`), which is
-    -1 when no axis is."""
+    `size`: the devices the mesh uses (-1: all). An axis of -1 takes the rest of them; an axis left
+    unset (None) is 1, but the preset's rest axis (`MESH_REST_AXIS`) is -1 when no axis is."""
 
     preset: str = "dp"
     size: int = -1
@@ -407,7 +411,7 @@ _EXECUTION_ONLY = {"mesh", "sweep", "train.micro_batch", "train.checkpoint_every
                    "train.attention", "data.base_dir", "lr_source", "stage"}
 # Optional instruments, hashed only when set: a sweep without them keeps the run ids it had before
 # they existed.
-_HASHED_WHEN_SET = {"data.synthetic", "data.tasks", "sampling", "optim.warmup_steps"}
+_HASHED_WHEN_SET = {"data.synthetic", "data.tasks", "sampling", "optim.warmup_steps", "train.eval_spacing"}
 
 
 @dataclass(frozen=True)
@@ -471,14 +475,11 @@ class RunSpec:
 
     def labels(self) -> dict[str, str]:
         """`key=value` labels that `--only` patterns match against."""
-        m, t, o = self.model, self.train, self.optim
-        out = {
-            "n_layer": m.n_layer, "d_model": m.d_model, "n_head": m.n_head, "d_ff": m.d_ff,
-            "tokens": t.tokens, "seed": self.seed, "lr": o.lr, "grid": self.grid,
-            "label_smoothing": t.label_smoothing, "entropy_coef": t.entropy_coef,
-        }
-        if self.flops_budget is not None:
-            out["budget"] = f"{self.flops_budget:.3g}"
+        model, train = self.model, self.train
+        out = {"n_layer": model.n_layer, "d_model": model.d_model, "n_head": model.n_head, "d_ff": model.d_ff,
+               "tokens": train.tokens, "seed": self.seed, "lr": self.optim.lr, "grid": self.grid,
+               "label_smoothing": train.label_smoothing, "entropy_coef": train.entropy_coef}
+        out.update({"budget": f"{self.flops_budget:.3g}"} if self.flops_budget is not None else {})
         return {k: str(v) for k, v in out.items()}
 
 
@@ -487,11 +488,12 @@ def _short(x: float) -> str:
     if x <= 0:
         return str(x)
     exp = int(math.floor(math.log10(x)))
-    mant = x / 10**exp
-    return f"{mant:.3g}e{exp}"
+    return f"{x / 10**exp:.3g}e{exp}"
 
 
-def eval_steps(total_steps: int, points: int) -> list[int]:
-    """Log-spaced evaluation steps from 1 to the last step, always including the last."""
-    grid = np.unique(np.round(np.geomspace(1, total_steps, num=max(points, 1))).astype(int))
+def eval_steps(total_steps: int, points: int, spacing: str = "log") -> list[int]:
+    """Evaluation steps from 1 to the last step, log-spaced (a learning curve over decades) or evenly
+    spaced ("linear": the same resolution all along training); the last step always included."""
+    space = np.geomspace if spacing == "log" else np.linspace
+    grid = np.unique(np.round(space(1, total_steps, num=max(points, 1))).astype(int))
     return sorted(set(int(s) for s in grid) | {total_steps})

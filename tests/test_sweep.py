@@ -150,6 +150,8 @@ BAD = [
     ("out_dir-under-a-file", '[sweep]\nout_dir = "corpus/a.txt/out"\n' + GRID, "sweep.out_dir",
      "corpus/a.txt is not a folder"),
     ("out_dir-in-proc", '[sweep]\nout_dir = "/proc/scaling-results"\n' + GRID, "sweep.out_dir", "cannot write there"),
+    ("eval_spacing-unknown", '[train]\neval_spacing = "cubic"\n' + GRID, "train.eval_spacing",
+     "expected one of log, linear, got 'cubic'"),
     # Learning-rate tuning (scaling/sweep/tuning.py).
     ("tuned-without-a-rule", '[optimizer]\nlr = "tuned"\n' + GRID, "optimizer.lr",
      '"tuned" needs the rule that `scaling tune bad.toml` writes: no results/bad/tune/lr_rule.json'),

@@ -171,3 +171,22 @@ def test_runs_of_one_shape_share_one_compiled_step(tmp_path):
     assert lowered(spec) == lowered(other)
     # The values still act: a different learning rate trains differently.
     assert not np.allclose(_losses(spec, 3)[0], _losses(dataclasses.replace(spec, optim=other.optim), 3)[0])
+
+
+def test_evenly_spaced_evaluations_and_their_run_ids(tmp_path):
+    """eval_spacing = "linear" spreads the evaluations evenly (the same resolution all along
+    training); "log" is the default however it is written, so it keeps every run's id."""
+    assert eval_steps(1000, 5, "linear") == [1, 251, 500, 750, 1000]
+    steps = eval_steps(1000, 21, "linear")
+    assert len(steps) == 21 and len(set(np.diff(steps))) <= 2  # 49 or 50 steps apart, rounding aside
+    from scaling.sweep import load_sweep
+    ids = {}
+    for spacing in (None, "log", "linear"):
+        extra = f'eval_spacing = "{spacing}"' if spacing else ""
+        spec = load_sweep(tiny_sweep(tmp_path, train_extra=extra, name=f"s{spacing}.toml")).runs[0]
+        ids[spacing] = spec.run_id
+        assert spec.train.eval_steps(spec.steps) == eval_steps(spec.steps, spec.train.eval_points, spacing or "log")
+    assert ids[None] == ids["log"] != ids["linear"]
+    train_run(spec, tmp_path / "trained")  # the last one, linear: its history has those steps
+    history = pq.read_table(records.run_dir(tmp_path / "trained", spec.run_id) / "history.parquet")
+    assert history.column("step").to_pylist() == eval_steps(spec.steps, spec.train.eval_points, "linear")

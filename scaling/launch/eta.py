@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scaling.config import RunSpec, eval_steps
+from scaling.config import RunSpec
 from scaling.flops import training_flops_per_token
 
 PRIOR_STARTUP_S = 8.0  # a fresh process: imports, data, compile (or a cache hit)
@@ -48,7 +48,7 @@ class RunCost:
         tokens_per_step = spec.batch_size * spec.model.seq_len
         eval_tokens = spec.train.eval_sequences * spec.model.seq_len
         return cls(steps=spec.steps, step_flops=per_token * tokens_per_step,
-                   evals=len(eval_steps(spec.steps, spec.train.eval_points)), eval_flops=per_token / 3 * eval_tokens)
+                   evals=len(spec.train.eval_steps(spec.steps)), eval_flops=per_token / 3 * eval_tokens)
 
 
 @dataclass

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from scaling import data as data_mod, hardware, records
-from scaling.config import RunSpec, eval_steps
+from scaling.config import RunSpec
 from scaling.flops import flops_6nd, training_flops_per_token
 from scaling.records import base_row
 from scaling.science import probes, sampling
@@ -62,7 +62,7 @@ class RunContext:
         n_val = tr.n_eval_windows(spec, shd.batch_shards(mesh), len(self.source.val) // m.seq_len)
         self.val_windows = data_mod.validation_windows(self.source.val, m.seq_len, n_val)
         self.chunk = tr.eval_chunk(spec, shd.batch_shards(mesh))
-        self.evals = set(eval_steps(spec.steps, t.eval_points))
+        self.evals = set(t.eval_steps(spec.steps))
         self.probes = probes.Probes(spec.data.tasks, m, t.compute_dtype) if spec.data.tasks else None
         # A source with a known distribution: its exact optimal loss on exactly these windows.
         optimal = float(np.mean(self.source.optimal_nll(self.val_windows))) if self.source.optimal_nll else math.nan

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scaling import records
-from scaling.config import RunSpec, eval_steps
+from scaling.config import RunSpec
 from scaling.sweep.branch_plan import Branch, seed_dir
 from scaling.training.checkpoint import Checkpoints
 from scaling.training.runlog import RunLog, rows_until
@@ -50,7 +50,7 @@ class Seeder:
             log = RunLog(b.spec, out_dir, ctx, columns={"branched_from": trunk.run_id, "branch_step": b.step})
             if restored_step:  # the rows written before the trunk's checkpoint (save_pending)
                 log.resume(tracked[b.spec.run_id], *rows_until(_pending_dir(out_dir, b), restored_step))
-            self.active.append(_Track(b, {s for s in eval_steps(b.spec.steps, b.spec.train.eval_points) if s <= b.step},
+            self.active.append(_Track(b, {s for s in b.spec.train.eval_steps(b.spec.steps) if s <= b.step},
                                       log))
 
     def needs(self, step: int) -> bool:
