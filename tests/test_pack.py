@@ -222,3 +222,17 @@ def test_bad_pack_keys_are_one_line_exit_2(line, key, expected, tmp_path, monkey
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{sweep}: {key}: {expected}" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_member_whose_checkpoint_cannot_be_read_fails_and_the_other_trains_as_alone(lone, tmp_path):
+    """The first member of a pack of two has a damaged checkpoint: it is recorded failed, and the
+    second, left alone, trains with its own learning rate and seed: its lone run's losses."""
+    specs, lone_out = lone
+    out = tmp_path / "out"
+    broken = records.run_dir(out, specs[0].run_id) / "checkpoints" / "10"
+    broken.mkdir(parents=True)
+    (broken / "_CHECKPOINT_METADATA").write_text("{not json")
+    results = train_pack(specs[:2], out)
+    assert results[0]["status"] == "failed" and "cannot be read" in results[0]["error"]
+    assert results[1]["status"] == "complete"
+    assert_same_losses(out, lone_out, specs[1])

@@ -181,8 +181,9 @@ class Loop:
                 opt_state = self.program.stack([s["opt_state"] for s in states])
             else:
                 params, opt_state = self.program.init_state()
-        else:
-            self.program = self.lone
+        else:  # one member left: its own program (the lone one was built for the first member's spec)
+            live = self.live[0]
+            self.program = self.lone if live is self.members[0] else tr.build_program(live.spec, self.mesh)
             if start:
                 params, opt_state = states[0]["params"], states[0]["opt_state"]
             else:
