@@ -5,6 +5,7 @@ a sweep at its runs' checkpoints with one line saying how to resume.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -95,27 +96,29 @@ def test_two_sweep_processes_on_one_sweep_file_complete_every_run_once(tmp_path)
 # 2. A full or read-only disk
 
 
-def _mount_tmpfs(where: Path, options: str) -> None:
+@contextlib.contextmanager
+def _tmpfs(where: Path, options: str):
+    """A 1 MB tmpfs mounted at `where` for the test's duration (skipped where mounts are not allowed)."""
     where.mkdir()
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True)
     if proc.returncode:
         pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or 'mount failed'}): needs root and mounts")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 @pytest.fixture
 def tiny_disk(tmp_path):
-    disk = tmp_path / "disk"
-    _mount_tmpfs(disk, "size=1m")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=False)
+    with _tmpfs(tmp_path / "disk", "size=1m") as disk:
+        yield disk
 
 
 @pytest.fixture
 def read_only_disk(tmp_path):
-    disk = tmp_path / "ro"
-    _mount_tmpfs(disk, "ro,size=1m")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=False)
+    with _tmpfs(tmp_path / "ro", "ro,size=1m") as disk:
+        yield disk
 
 
 def test_a_full_disk_fails_the_runs_that_do_not_fit_and_the_sweep_goes_on(tmp_path, tiny_disk):
