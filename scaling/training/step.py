@@ -34,10 +34,6 @@ ECE_BINS = 15  # equal-width confidence bins (Guo et al. 2017)
 CPU_MICRO_BATCH_TOKENS = 256
 
 
-class Diverged(Exception):
-    pass
-
-
 def schedule_values(o: OptimConfig, steps: int, lr=None) -> dict[str, float]:
     """The numbers of a run's learning-rate schedule. They enter the compiled step as arrays, not
     constants, so runs of one shape that differ in length or learning rate share one program (and
