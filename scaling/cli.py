@@ -32,7 +32,7 @@ from scaling.launch.report import ASSUMED_MFU as assumed_mfu, LaunchError, Sweep
 from scaling.records import RunLock, base_row
 from scaling.sweep.branch_plan import plan as branch_plan
 from scaling.sweep.reader import check_devices, load_sweep
-from scaling.sweep.tuning import tune_dir, tune_runs
+from scaling.sweep.tuning import read_rule, tune_dir, tune_runs
 
 USAGE_ERROR = 2
 
@@ -85,7 +85,41 @@ def _with_launcher_flags(sweep, args):
 
 
 def cmd_sweep(args) -> int:
-    sweep, runs = _load(args.sweep, args.only, args)
+    """Tuning first where the sweep asks for it and has no rule yet; the grid; then the replicas that
+    its results name ([replicate] at = "minima")."""
+    first = load_sweep(args.sweep, for_tuning=True)
+    if first.lr_tuned and first.tune is not None and read_rule(first.out_dir) is None:
+        print(f"sweep {first.name}: no learning-rate rule yet: tuning first ({tune_dir(first.out_dir)})")
+        code = cmd_tune(args)
+        if code or args.dry_run:
+            if args.dry_run:
+                print("\n# then the grid, each run at the rule's learning rate for its size")
+            return code
+    t0 = time.perf_counter()
+    code, sweep, runs = _sweep_once(args)
+    if code is not None:
+        return code
+    if sweep.replicate is not None and not args.only and not args.dry_run:
+        done = {spec.run_id for spec in runs}
+        again, more = _load(args.sweep, None, args)  # the replicas the finished runs now name
+        extra = tuple(spec for spec in more if spec.run_id not in done)
+        if extra:
+            print(f"sweep {sweep.name}: {len(extra)} replica(s) at the runs the grid's results name")
+            code, _, _ = _sweep_once(args, again, extra)
+            if code is not None:
+                return code
+            print(f"sweep {sweep.name}: {len(runs) + len(extra)} runs with the replicas, in "
+                  f"{time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _sweep_once(args, sweep=None, runs=None):
+    """Train `runs` of the sweep (default: all of them, or --only's) with the chosen launcher: (exit
+    code where the sweep stops here, else None; the sweep; the runs)."""
+    if sweep is None:
+        sweep, runs = _load(args.sweep, args.only, args)
+    else:
+        sweep = dataclasses.replace(sweep, runs=runs)
     launcher = args.launcher or sweep.launcher
     if args.dry_run:
         _print_plan(sweep, runs)
@@ -95,7 +129,7 @@ def cmd_sweep(args) -> int:
             print(f"\n# The batch script that --launcher slurm would submit for the {len(todo)} unfinished runs:")
             print(slurm.sbatch_script(sweep, len(todo), args.max_parallel or sweep.max_parallel) if todo else
                   "# (none: every run is complete)")
-        return 0
+        return 0, sweep, runs
     t0 = time.perf_counter()
     try:
         if launcher == "slurm":
@@ -106,18 +140,22 @@ def cmd_sweep(args) -> int:
         else:
             report = run_local(sweep, runs, max_parallel=args.max_parallel, quiet=args.quiet)
     except LaunchError as e:
-        return _fail(str(e))
+        return _fail(str(e)), sweep, runs
     if report.stopped_by:
         print(f"scaling: stopped by {signal_name(report.stopped_by)}: {len(report.interrupted)} run(s) stopped at "
               f"their last checkpoint, {len(report.complete)} complete; run `scaling sweep {args.sweep}` again to "
               "resume", file=sys.stderr)
-        return 128 + report.stopped_by
+        return 128 + report.stopped_by, sweep, runs
     for line in report.lines():
         print(line)
     verb = "submitted" if not report.awaited else "ran"
     print(f"sweep {sweep.name} ({launcher}): {verb} {len(report.submitted) or len(runs) - len(report.skipped)} of "
           f"{len(runs)} runs in {time.perf_counter() - t0:.1f} s; records in {sweep.out_dir}")
-    return 1 if report.failed else 0
+    if report.failed:
+        return 1, sweep, runs
+    if not report.awaited:
+        return 0, sweep, runs  # submitted, not finished: the replicas come with a later `scaling sweep`
+    return None, sweep, runs
 
 
 def cmd_tune(args) -> int:
@@ -129,7 +167,8 @@ def cmd_tune(args) -> int:
                           "[tune] lrs = [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2]")
     runs = tuple(tune_runs(sweep.runs, sweep.tune))
     folder = str(tune_dir(sweep.out_dir))
-    tuning = dataclasses.replace(sweep, out_dir=folder, runs=runs, pack=True, branch=False, launcher="local")
+    tuning = dataclasses.replace(sweep, out_dir=folder, runs=runs, pack=True, branch=False, launcher="local",
+                                 replicate=None)
     check_devices(tuning, _device_count())
     check_writable(sweep.path, folder, create=not args.dry_run)
     if args.dry_run:
@@ -145,7 +184,7 @@ def cmd_tune(args) -> int:
     from analysis.tuning import save_tuning  # scipy and matplotlib: only here
     ids = {spec.run_id for spec in runs}
     try:
-        print(save_tuning(folder, ids, bootstrap=args.bootstrap), end="")
+        print(save_tuning(folder, ids, bootstrap=getattr(args, "bootstrap", 1000)), end="")
     except ValueError as e:
         return _fail(f"{folder}: no rule: {e}")
     return 1 if report.failed else 0

@@ -28,6 +28,7 @@ from scaling.config_checks import check, choice, entries, field_default, field_t
 from scaling.sweep.grids import BYTE_VOCAB, ShapeRule, grid_points
 from scaling.sweep.instruments import read_sampling, read_synthetic, read_tasks
 from scaling.sweep.table import Settings, Table, folder_name_problem, from_toml, int_list, unique
+from scaling.sweep.replicate import ReplicateConfig, replicas
 from scaling.sweep.tuning import TuneConfig, tuned_runs
 
 
@@ -50,6 +51,8 @@ class SweepConfig:
     # the runs take their lr from the rule it saved (`[optimizer] lr = "tuned"`).
     tune: TuneConfig | None = None
     lr_tuned: bool = False
+    # [replicate] (scaling/sweep/replicate.py): more seeds at chosen runs, or at each budget's minimum.
+    replicate: ReplicateConfig | None = None
 
     def __post_init__(self):
         check(self, name=text())
@@ -60,7 +63,7 @@ class SweepConfig:
         check(self, path=text(), out_dir=text("expected a non-empty folder"), runs=entries(instance(RunSpec)),
               launcher=choice(LAUNCHERS), max_parallel=integer(ge=1), branch=flag, slurm=instance(SlurmConfig),
               ray=instance(RayConfig), pack=flag, pack_size=integer(ge=1), tune=instance(TuneConfig, optional=True),
-              lr_tuned=flag)
+              lr_tuned=flag, replicate=instance(ReplicateConfig, optional=True))
         if self.branch and self.pack:
             raise ConfigValueError("branch", "not both branch = true and [sweep] pack = true (a packed trunk writes "
                                    "no branch seeds): choose one")
@@ -95,6 +98,7 @@ def load_sweep(path: str | Path, *, device_count: int | None = None, for_tuning:
     lr_tuned = _takes_tuned_lr(root)
     optim, optim_settings, branch = _optim(root.sub("optimizer"), root.sub("schedule"))
     tune = root.sub("tune").config(TuneConfig) if "tune" in root.data else None
+    replicate = _replicate(root, seeds)
     if lr_tuned and "optimizer.lr" in root.data.get("axes", {}):
         raise ConfigError(root.file, 'axes."optimizer.lr"', 'not with optimizer.lr = "tuned": the rule gives each '
                           "size its learning rate")
@@ -113,11 +117,34 @@ def load_sweep(path: str | Path, *, device_count: int | None = None, for_tuning:
     if lr_tuned and not for_tuning:
         runs = tuned_runs(root.file, sweep.values["out_dir"], runs)
     config = (sweep | branch).build(SweepConfig, path=root.file, runs=runs, slurm=slurm, ray=ray, tune=tune,
-                                    lr_tuned=lr_tuned)
+                                    lr_tuned=lr_tuned, replicate=replicate)
     if config.branch:
         from scaling.sweep.branch_plan import share_warmup
         config = dataclasses.replace(config, runs=tuple(share_warmup(list(config.runs), config.path)))
+    if replicate is not None and not for_tuning:
+        # After the shared warmup is fixed: a replica is its run with another seed and nothing else.
+        config = dataclasses.replace(config, runs=config.runs + tuple(replicas(config.runs, replicate, config.out_dir)))
     check_devices(config, device_count)
+    return config
+
+
+def _replicate(root: Table, seeds: list[int]) -> ReplicateConfig | None:
+    if "replicate" not in root.data:
+        return None
+    table = root.sub("replicate")
+    table.used.update({"seeds", "at"})
+    at = table.raw("at")
+    config = Settings(table.file, table.prefix, {"seeds": tuple(int_list(table, "seeds", ge=0)),
+                                                 "at": at if isinstance(at, str) else tuple(table.list("at"))},
+                      {"seeds": table.key("seeds"), "at": table.key("at")}).build(ReplicateConfig)
+    table.finish()
+    again = sorted(set(config.seeds) & set(seeds))
+    if again:
+        raise table.error("seeds", f"seed(s) {again} are already every run's ([sweep] seeds = {seeds}): expected "
+                          "other seeds")
+    if config.at == "minima" and "isoflop" not in root.data:
+        raise table.error("at", '"minima" are the least-loss runs of IsoFLOP budgets: expected an [isoflop] table, '
+                          "or a list of patterns")
     return config
 
 
