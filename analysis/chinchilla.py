@@ -32,6 +32,7 @@ from analysis.fit_result import (DEFAULT_BOOTSTRAP, Fit, dropped_frame, enough_p
                                  log_quality, require, resample_counts)
 from analysis.select import (compute_column, final_rows, is_history, param_column, summary_of_dropped,
                              usable)
+from analysis.seeds import cell_codes, cell_means, cell_weights, has_replicates, two_stage_counts
 from analysis.sensitivity import approach3_sensitivity
 
 ALLOCATION_NAMES = ["a", "b", "k_N", "k_D"]
@@ -83,7 +84,11 @@ def fit_chinchilla(records: pd.DataFrame, approach: int = 3, *, param_count: str
 # ---------------------------------------------------------------------------------------------
 # Approach 3
 
-def _approach3(final, n_col, loss, bootstrap, seed, delta, starts, n_refine, sensitivity):
+def _approach3(runs, n_col, loss, bootstrap, seed, delta, starts, n_refine, sensitivity):
+    """Fitted to each cell's mean (runs that differ only in seed averaged in ln L); the bootstrap
+    resamples cells, then the seeds within each (analysis.seeds)."""
+    cells = cell_codes(runs, [n_col, "tokens"])
+    final = cell_means(runs, cells, loss)
     n, d, l = (final[c].to_numpy(float) for c in (n_col, "tokens", loss))
     enough_points(len(final), 5, "approach 3")
     require(np.unique(n).size >= 2, f"approach 3: a single model size ({n[0]:.4g} parameters); "
@@ -105,13 +110,17 @@ def _approach3(final, n_col, loss, bootstrap, seed, delta, starts, n_refine, sen
     samples = None
     if bootstrap and len(n) > 5:  # 5 points, 5 parameters: an exact fit, no interval
         # Replicates start at the full-data optimum: a resample of the same points shares its basin.
-        counts = resample_counts(len(n), bootstrap, seed)
-        boot, _ = lbfgs(np.repeat(theta[None], bootstrap, axis=0), ln_n, ln_d, ln_l, counts, delta)
+        if has_replicates(cells):  # every run a point, weighted (cell draws) x (seed draws) / n_seeds
+            counts = two_stage_counts(cells, bootstrap, seed)
+            points = [np.log(runs[c].to_numpy(float)) for c in (n_col, "tokens", loss)]
+        else:
+            counts, points = resample_counts(len(n), bootstrap, seed), [ln_n, ln_d, ln_l]
+        boot, _ = lbfgs(np.repeat(theta[None], bootstrap, axis=0), *points, counts, delta)
         samples = pd.DataFrame(params_of(boot), columns=APPROACH3_NAMES)
     params = dict(zip(APPROACH3_NAMES, map(float, params_of(theta[None])[0])))
     log_pred = np.log(approach3_loss(params, n, d))
     data = pd.DataFrame({"run_id": final["run_id"].to_numpy() if "run_id" in final else np.arange(len(n)),
-                         "N": n, "D": d, "L": l, "residual": ln_l - log_pred})
+                         "N": n, "D": d, "L": l, "residual": ln_l - log_pred, "n_seeds": final["n_seeds"].to_numpy()})
     for column in ("flops_budget", "n_layer", "d_model"):  # what the sensitivity checks group runs by
         if column in final:
             data[column] = final[column].to_numpy(float if column == "flops_budget" else None)
@@ -217,8 +226,10 @@ def _approach2(final, n_col, loss, bootstrap, seed):
         x = np.log(group[n_col].to_numpy(float)) - center
         y = group[loss].to_numpy(float)
         ln_d = np.log(group["tokens"].to_numpy(float))
-        ones = np.ones((1, len(x)))
-        x_min = _parabola_minimum(_parabolas(x, y, ones), x, ones)[0] if len(x) >= 3 else np.nan
+        # Each cell (a size; its runs differ only in seed) counts once: the parabola of the seeds' means.
+        cells = cell_codes(group, [n_col, "tokens"])
+        ones = cell_weights(cells)[None]
+        x_min = _parabola_minimum(_parabolas(x, y, ones), x, ones)[0] if np.unique(x).size >= 3 else np.nan
         if not np.isfinite(x_min):
             reason = ("fewer than 3 model sizes" if np.unique(x).size < 3 else
                       "parabola not convex or its minimum outside the sampled sizes")
@@ -228,9 +239,10 @@ def _approach2(final, n_col, loss, bootstrap, seed):
         (d0,), (d1,) = _log_line(x, ln_d[None], ones)  # D along the IsoFLOP curve, at N_opt
         points.append({"C": budget, "N_opt": np.exp(center + x_min), "D_opt": np.exp(d0 + d1 * x_min),
                        "c0": coef[0], "c1": coef[1], "c2": coef[2], "ln_N_center": center,
-                       "ln_N_lo": center + x.min(), "ln_N_hi": center + x.max(), "n_runs": len(x)})
+                       "ln_N_lo": center + x.min(), "ln_N_hi": center + x.max(), "n_runs": len(x),
+                       "n_sizes": int(np.unique(x).size)})
         if bootstrap:
-            w = resample_counts(len(x), bootstrap, seed + 1 + i)
+            w = two_stage_counts(cells, bootstrap, seed + 1 + i)
             xb = _parabola_minimum(_parabolas(x, y, w), x, w)
             db = _log_line(x, ln_d[None].repeat(bootstrap, 0), w)
             boot_rows.append((budget, center + xb, db[0] + db[1] * xb))
@@ -336,6 +348,7 @@ def _approach1_budgets(final, n_col, loss, bootstrap, seed):
     groups = list(runs.groupby("flops_budget", sort=True))
     points, dropped, boot = [], [], []
     for i, (budget, group) in enumerate(groups):
+        group = cell_means(group, cell_codes(group, [n_col, "tokens"]), loss)  # seeds averaged per size
         n = group[n_col].to_numpy(float)
         best = int(np.argmin(group[loss].to_numpy(float)))
         if n[best] in (n.min(), n.max()):

@@ -21,10 +21,12 @@ from analysis.fit_result import (DEFAULT_BOOTSTRAP, Fit, FitSet, dropped_frame, 
                                  intervals_from, log_quality, require, resample_counts)
 from analysis.least_squares import levenberg_marquardt, log_sum_exp_weights
 from analysis.power_law import _solve_pure, _to_params, fit_power_law
+from analysis.seeds import cell_codes, cell_weights, two_stage_counts
 from analysis.select import (best_per_group, compute_column, final_rows, is_history, param_column,
                              summary_of_dropped, usable)
 
 LAWS = ("L(N)", "L(D)", "L(C_min)", "L(N,D)")
+POINTS = ("ends", "curves")
 _ALIASES = {"N": "L(N)", "D": "L(D)", "C": "L(C_min)", "C_min": "L(C_min)", "ND": "L(N,D)",
             "joint": "L(N,D)", "L(N, D)": "L(N,D)", "L(C)": "L(C_min)"}
 
@@ -32,7 +34,7 @@ _ALIASES = {"N": "L(N)", "D": "L(D)", "C": "L(C_min)", "C_min": "L(C_min)", "ND"
 def fit_kaplan(records: pd.DataFrame, *, laws=None, param_count: str = "nonembed",
                loss: str = "val_loss", compute: str = "flops_6nd", bootstrap: int = DEFAULT_BOOTSTRAP,
                seed: int = 0, statuses=("complete",), warmup_fraction: float = 0.1,
-               keep_edge_models: bool = False) -> FitSet:
+               keep_edge_models: bool = False, points: str = "ends") -> FitSet:
     """Fit Kaplan's laws to runs (`load_runs`) or learning curves (`load_history`).
 
     laws: any of "L(N)", "L(D)", "L(C_min)", "L(N,D)" (or "N", "D", "C", "ND"). None fits every law
@@ -45,9 +47,19 @@ def fit_kaplan(records: pd.DataFrame, *, laws=None, param_count: str = "nonembed
     keep_edge_models: by default frontier points on the smallest or largest model are dropped:
         there, a model outside the grid might have been better, so they are not the frontier.
 
-    L(N), L(D) and L(N, D) use each run's final row; L(C_min) uses every learning-curve row when
-    given history, else the final rows. Bootstrap replicates resample runs.
+    points: "ends" (default): every law is fitted on runs' final rows only, each the end of its own
+        schedule (with WSD and branching, of its own cool-down: Hägele et al. 2024), the one honest
+        point per (N, D). "curves": mid-schedule points too, as Kaplan et al. read L(D) and L(C_min)
+        off learning curves: with a single data size, L(D) becomes the envelope of the curves and
+        L(N, D) every curve point after warmup, and L(C_min) the frontier of every curve row. A
+        point read mid-schedule sits above what a run cooled down to that D would reach, so such a
+        fit is biased by the schedule; every fit says which it used in `settings["points"]`, and
+        what its points are in `settings["point_source"]`.
+
+    Runs that differ only in seed form one cell (N, D) and count once, at their mean (of ln L);
+    the bootstrap resamples cells and, within each, its seeds (analysis.seeds).
     """
+    require(points in POINTS, f"points must be one of {POINTS}, got {points!r}")
     wanted = list(LAWS) if laws is None else [_ALIASES.get(name, name) for name in laws]
     unknown = [name for name in wanted if name not in LAWS]
     require(not unknown, f"unknown Kaplan law(s) {unknown}; choose from {list(LAWS)}")
@@ -56,14 +68,16 @@ def fit_kaplan(records: pd.DataFrame, *, laws=None, param_count: str = "nonembed
                            positive=[n_col, "tokens", c_col, loss])
     require(len(rows) > 0, f"fit_kaplan: no usable runs ({_reasons(dropped)})")
     settings = {"N": n_col, "D": "tokens", "C": c_col, "loss": loss, "bootstrap": bootstrap, "seed": seed,
-                "curves": bool(is_history(rows))}
+                "curves": bool(is_history(rows)), "points": points}
+    if points == "ends":
+        rows = final_rows(rows)
     dropped = summary_of_dropped(dropped)
     fitters = {"L(N)": _fit_l_n, "L(D)": _fit_l_d, "L(C_min)": _fit_l_c, "L(N,D)": _fit_joint}
     fits, skipped = {}, {}
     for name in wanted:
         try:
             fit = fitters[name](rows, n_col, c_col, loss, bootstrap, seed,
-                                warmup_fraction=warmup_fraction, keep_edge_models=keep_edge_models)
+                                warmup_fraction=warmup_fraction, keep_edge_models=keep_edge_models, points=points)
         except ValueError as exc:
             if laws is not None:
                 raise
@@ -82,12 +96,36 @@ def _reasons(dropped: pd.DataFrame) -> str:
     return ", ".join(f"{n} x {reason}" for reason, n in counts.items()) or "no rows"
 
 
+def _cells(final: pd.DataFrame, n_col: str) -> np.ndarray:
+    """A run's grid cell: its N and D (runs of one cell differ only in seed)."""
+    return cell_codes(final, [n_col, _data_column(final)])
+
+
+def _data_column(final: pd.DataFrame) -> str:
+    return "target_tokens" if "target_tokens" in final and final["target_tokens"].notna().all() else "tokens"
+
+
+def best_cells(final: pd.DataFrame, group: str, loss: str, codes: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """For each value of `group`, the runs of its best cell (least mean ln loss over its seeds), and
+    their cell codes."""
+    final = final.reset_index(drop=True)
+    mean = pd.Series(np.log(final[loss].to_numpy(float))).groupby(codes).transform("mean")
+    by_cell = final.assign(_cell=codes, _mean=mean.to_numpy())
+    best = by_cell.loc[by_cell.groupby(group, sort=True)["_mean"].idxmin().to_numpy(), "_cell"]
+    keep = by_cell["_cell"].isin(best.to_numpy()).to_numpy()
+    picked = by_cell.loc[keep].sort_values([group, "_cell"], kind="stable")
+    return picked.drop(columns=["_cell", "_mean"]), picked["_cell"].to_numpy()
+
+
 def _fit_l_n(rows, n_col, c_col, loss, bootstrap, seed, **_):
-    best = best_per_group(final_rows(rows), n_col, loss)
-    require(len(best) >= 2, f"L(N): a single model size ({best[n_col].iloc[0]:.4g} parameters); need at least two")
+    final = final_rows(rows)
+    best, cells = best_cells(final, n_col, loss, _cells(final, n_col))
+    require(best[n_col].nunique() >= 2,
+            f"L(N): a single model size ({best[n_col].iloc[0]:.4g} parameters); need at least two")
     fit = fit_power_law(best[n_col], best[loss], bootstrap=bootstrap, seed=seed, x_name="N", y_name="L",
-                        law="L(N)")
-    return _with_ids(fit, best)
+                        law="L(N)", cells=cells)
+    return dataclasses.replace(_with_ids(fit, best), settings={**fit.settings,
+        "point_source": "final loss per model size (the best cell over data sizes)"})
 
 
 def _after_warmup(rows: pd.DataFrame, warmup_fraction: float) -> pd.DataFrame:
@@ -100,25 +138,26 @@ def _single_data_size(final: pd.DataFrame) -> bool:
     return final[group].nunique() < 2
 
 
-def _fit_l_d(rows, n_col, c_col, loss, bootstrap, seed, *, warmup_fraction=0.1, **_):
+def _fit_l_d(rows, n_col, c_col, loss, bootstrap, seed, *, warmup_fraction=0.1, points="ends", **_):
     """Per data size, the best final loss over model sizes. When the grid has one data size and
     learning curves are given, the points are instead the data-limited envelope of the curves: at
     each evaluated token count, the least loss over all models (Kaplan et al. 2020 Sec. 5 read
     L(N, S) off learning curves the same way). Such points come from runs whose learning rate has
     not finished decaying, so they sit slightly above a run trained to exactly D."""
     final = final_rows(rows)
-    source = "final loss per data size"
-    if _single_data_size(final) and is_history(rows):
+    source, cells = "final loss per data size (the best cell over model sizes)", None
+    if points == "curves" and _single_data_size(final) and is_history(rows):
         best = best_per_group(_after_warmup(rows, warmup_fraction), "tokens", loss)
-        source = "learning-curve envelope (best loss over models at each token count)"
+        source = "learning-curve envelope (best loss over models at each token count; mid-schedule points)"
     else:
-        group = "target_tokens" if "target_tokens" in final and final["target_tokens"].notna().all() else "tokens"
-        best = best_per_group(final, group, loss)
-    require(len(best) >= 2, f"L(D): a single data size ({best['tokens'].iloc[0]:.4g} tokens); need at least two "
-                            "(or pass learning curves from load_history)")
+        best, cells = best_cells(final, _data_column(final), loss, _cells(final, n_col))
+    require(best["tokens"].nunique() >= 2,
+            f"L(D): a single data size ({best['tokens'].iloc[0]:.4g} tokens); need at least two "
+            + ("(a grid of data sizes, or points=\"curves\" with learning curves from load_history)"
+               if points == "ends" else "(or pass learning curves from load_history)"))
     fit = fit_power_law(best["tokens"], best[loss], bootstrap=bootstrap, seed=seed, x_name="D", y_name="L",
-                        law="L(D)")
-    return dataclasses.replace(_with_ids(fit, best), settings={"points": source})
+                        law="L(D)", cells=cells)
+    return dataclasses.replace(_with_ids(fit, best), settings={**fit.settings, "point_source": source})
 
 
 def _with_ids(fit: Fit, rows: pd.DataFrame) -> Fit:
@@ -163,7 +202,7 @@ def compute_frontier(rows: pd.DataFrame, n_col: str, c_col: str, loss: str, *, w
                                  for d in dropped])
 
 
-def _fit_l_c(rows, n_col, c_col, loss, bootstrap, seed, *, warmup_fraction, keep_edge_models):
+def _fit_l_c(rows, n_col, c_col, loss, bootstrap, seed, *, warmup_fraction, keep_edge_models, points="ends"):
     front, dropped = compute_frontier(rows, n_col, c_col, loss, warmup_fraction=warmup_fraction,
                                       keep_edge_models=keep_edge_models)
     require(len(front) >= 2, f"L(C_min): {len(front)} frontier point(s) after dropping warmup and edge "
@@ -174,8 +213,10 @@ def _fit_l_c(rows, n_col, c_col, loss, bootstrap, seed, *, warmup_fraction, keep
         samples = _frontier_bootstrap(rows, n_col, c_col, loss, bootstrap, seed, warmup_fraction,
                                       keep_edge_models)
         fit = dataclasses.replace(fit, samples=samples, intervals=intervals_from(samples, fit.params))
-    return dataclasses.replace(fit, dropped=dropped,
-                               settings={"warmup_fraction": warmup_fraction, "keep_edge_models": keep_edge_models})
+    source = ("the frontier of every learning-curve row (mid-schedule points)" if is_history(rows) else
+              "the frontier of the runs' end points")
+    return dataclasses.replace(fit, dropped=dropped, settings={
+        "warmup_fraction": warmup_fraction, "point_source": source, "keep_edge_models": keep_edge_models})
 
 
 def _frontier_bootstrap(rows, n_col, c_col, loss, bootstrap, seed, warmup_fraction, keep_edge_models):
@@ -240,16 +281,18 @@ def joint_allocation(params, C):
     return n_opt, C / (6 * n_opt)
 
 
-def _fit_joint(rows, n_col, c_col, loss, bootstrap, seed, *, warmup_fraction=0.1, **_):
-    """Final losses of an N x D grid; with one data size and learning curves given, every curve's
-    points after warmup (each point is (N, tokens so far, loss); see `_fit_l_d` for the caveat)."""
+def _fit_joint(rows, n_col, c_col, loss, bootstrap, seed, *, warmup_fraction=0.1, points="ends", **_):
+    """Final losses of an N x D grid, each cell once (its seeds averaged); with points="curves", one
+    data size and learning curves given, every curve's points after warmup (each point is (N, tokens
+    so far, loss); see `_fit_l_d` for the caveat)."""
     final = final_rows(rows)
-    source = "final loss of each run"
-    if _single_data_size(final) and is_history(rows):
-        final = _after_warmup(rows, warmup_fraction)
-        source = "learning-curve points after warmup"
+    source, cells = "final loss of each run (one point per cell)", _cells(final, n_col)
+    if points == "curves" and _single_data_size(final) and is_history(rows):
+        final, cells = _after_warmup(rows, warmup_fraction), None
+        source = "learning-curve points after warmup (mid-schedule points)"
     n, d, l = (final[c].to_numpy(float) for c in (n_col, "tokens", loss))
-    enough_points(len(final), 4, "L(N,D)")
+    n_cells = len(final) if cells is None else np.unique(cells).size
+    enough_points(n_cells, 4, "L(N,D)")
     require(np.unique(n).size >= 2, f"L(N,D): a single model size ({n[0]:.4g} parameters); need at least two")
     require(np.unique(d).size >= 2, f"L(N,D): a single data size ({d[0]:.4g} tokens); need at least two")
     ln_n, ln_d, ln_l = np.log(n), np.log(d), np.log(l)
@@ -258,16 +301,17 @@ def _fit_joint(rows, n_col, c_col, loss, bootstrap, seed, *, warmup_fraction=0.1
     for p in (0.5, 0.8, 1.25, 2.0):
         for alpha_d in (0.03, 0.1, 0.3):
             starts.append([np.median(ln_l / alpha_d + p * ln_n), np.median(ln_l / alpha_d + ln_d), p, alpha_d])
-    theta, cost = levenberg_marquardt(residuals, np.array(starts))
+    weights = None if cells is None else cell_weights(cells)
+    theta, cost = levenberg_marquardt(residuals, np.array(starts), weights)
     best = theta[np.argmin(cost)]
     samples = None
-    if bootstrap and len(n) > 4:  # 4 points, 4 parameters: an exact fit, no interval
-        if "run_id" in final and final["run_id"].duplicated().any():
-            # Learning-curve points of one run are not independent: resample whole runs.
-            codes, ids = pd.factorize(final["run_id"])
-            counts = resample_counts(len(ids), bootstrap, seed)[:, codes]
+    if bootstrap and n_cells > 4:  # 4 points, 4 parameters: an exact fit, no interval
+        if cells is not None:
+            counts = two_stage_counts(cells, bootstrap, seed)  # cells, then the seeds within each
         else:
-            counts = resample_counts(len(n), bootstrap, seed)
+            # Learning-curve points of one run are not independent: resample whole runs.
+            codes, ids = pd.factorize(final["run_id"] if "run_id" in final else pd.Series(np.arange(len(n))))
+            counts = resample_counts(len(ids), bootstrap, seed)[:, codes]
         boot, _ = levenberg_marquardt(residuals, np.repeat(best[None], bootstrap, axis=0), counts)
         samples = pd.DataFrame(_joint_params(boot), columns=JOINT_NAMES + ["a_opt", "alpha_C"])
     values = _joint_params(best[None])[0]
@@ -279,6 +323,6 @@ def _fit_joint(rows, n_col, c_col, loss, bootstrap, seed, *, warmup_fraction=0.1
         law="L(N,D)",
         formula="L = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D; N_opt ∝ C^a_opt",
         inputs=("N", "D"), params=params, intervals=intervals_from(samples, params),
-        data=data, dropped=dropped_frame([]), quality=log_quality(ln_l, log_pred), settings={"points": source},
+        data=data, dropped=dropped_frame([]), quality=log_quality(ln_l, log_pred), settings={"point_source": source},
         model=joint_loss, allocation=joint_allocation, samples=samples, n_fitted=4,
     )

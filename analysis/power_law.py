@@ -14,6 +14,7 @@ import pandas as pd
 from analysis.fit_result import (DEFAULT_BOOTSTRAP, Fit, dropped_frame, enough_points, intervals_from,
                                  log_quality, positive_finite, require, resample_counts)
 from analysis.least_squares import levenberg_marquardt, log_sum_exp_weights
+from analysis.seeds import cell_weights, two_stage_counts
 
 
 def param_names(x_name: str, irreducible: bool) -> list[str]:
@@ -23,7 +24,7 @@ def param_names(x_name: str, irreducible: bool) -> list[str]:
 
 def fit_power_law(x, y, irreducible: bool = False, *, bootstrap: int = DEFAULT_BOOTSTRAP,
                   seed: int = 0, x_name: str = "x", y_name: str = "y",
-                  weights=None, law: str | None = None) -> Fit:
+                  weights=None, law: str | None = None, cells=None) -> Fit:
     """Fit y = (x_c / x)^alpha (+ E when `irreducible`) by least squares on ln y.
 
     Without E the fit is linear regression of ln y on ln x (closed form); with E it is nonlinear,
@@ -32,6 +33,9 @@ def fit_power_law(x, y, irreducible: bool = False, *, bootstrap: int = DEFAULT_B
     (seeded by `seed`); `weights` are per-point multiplicities (used by the fitters that bootstrap
     whole runs). `x_name` names the parameters: x_name="N" gives N_c and alpha_N. With as many
     points as parameters the curve passes through every point and the intervals are NaN.
+    `cells`: one code per point naming its grid cell (analysis.seeds): the runs of a cell (its
+    seeds) are weighted 1/n, so the fit is to each cell's mean, and the bootstrap resamples cells,
+    then seeds within them.
     """
     x = positive_finite(x_name, x)
     y = positive_finite(y_name, y)
@@ -46,13 +50,19 @@ def fit_power_law(x, y, irreducible: bool = False, *, bootstrap: int = DEFAULT_B
                                       f"{len(names)} parameters")
     require(bootstrap >= 0, f"bootstrap must be >= 0, got {bootstrap}")
     w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=float)
+    if cells is not None:
+        cells = np.asarray(cells)
+        require(len(cells) == len(x), f"cells and {x_name} differ in length ({len(cells)} vs {len(x)})")
+        w = w * cell_weights(cells)
     lx, ly = np.log(x), np.log(y)
 
     solve = _solve_irreducible if irreducible else _solve_pure
     theta = solve(lx, ly, w[None, :])[0]
     samples = None
-    if bootstrap and len(x) > len(names):  # with as many points as parameters the fit is exact: no interval
-        counts = resample_counts(len(x), bootstrap, seed) * w
+    n_points = len(x) if cells is None else np.unique(cells).size
+    if bootstrap and n_points > len(names):  # with as many points as parameters the fit is exact: no interval
+        counts = (resample_counts(len(x), bootstrap, seed) * w if cells is None
+                  else two_stage_counts(cells, bootstrap, seed) * (w / cell_weights(cells)))
         boot = solve(lx, ly, counts, start=theta)
         distinct = np.array([(np.unique(lx[c > 0]).size >= len(names)) for c in counts])
         boot[~distinct] = np.nan
@@ -69,7 +79,8 @@ def fit_power_law(x, y, irreducible: bool = False, *, bootstrap: int = DEFAULT_B
         data=pd.DataFrame({x_name: x, y_name: y, "residual": ly - log_pred}),
         dropped=dropped_frame([]),
         quality=log_quality(ly, log_pred),
-        settings={"bootstrap": bootstrap, "seed": seed, "irreducible": irreducible},
+        settings={"bootstrap": bootstrap, "seed": seed, "irreducible": irreducible,
+                  **({"cells": int(np.unique(cells).size)} if cells is not None else {})},
         model=partial(_model, names=tuple(names)),
         samples=samples,
         n_fitted=len(names),

@@ -43,7 +43,9 @@ def test_l_of_d_from_a_model_too_large_to_limit_it(seed):
 def grid_fits(request):
     history = kaplan_records(LAW, n_params_nonembed=SIZES, tokens=np.geomspace(1e7, 1e12, 6), seed=request.param,
                              n_diverged=1)
-    return history, fit_kaplan(history, laws=["C", "ND"], bootstrap=200, seed=request.param)
+    # points="curves": the frontier of every learning-curve row, as Kaplan et al. read it (these fake
+    # curves are the law at the tokens seen so far: no schedule to bias them).
+    return history, fit_kaplan(history, laws=["C", "ND"], bootstrap=200, seed=request.param, points="curves")
 
 
 def test_compute_frontier_exponent(grid_fits):
@@ -92,17 +94,22 @@ def test_summaries_alone_give_a_frontier_of_final_points():
     assert fits["L(C_min)"].settings["curves"] is False
 
 
-def test_one_data_size_reads_l_of_d_and_the_joint_law_off_the_learning_curves():
-    # The shipped CPU sweep trains every size on one D; its learning curves still carry L(D) (the
-    # envelope over models at each token count, led by the largest model) and the joint law.
+def test_one_data_size_reads_l_of_d_off_the_learning_curves_only_when_asked():
+    # A sweep of one D carries L(D) (the envelope over models at each token count, led by the
+    # largest model) and the joint law in its learning curves, but those are mid-schedule points:
+    # only points="curves" reads them, and the fit says so.
     history = kaplan_records(LAW, n_params_nonembed=np.geomspace(1e9, 1e11, 3), tokens=[1e9], seed=0, n_evals=30)
-    fits = fit_kaplan(history, laws=["D", "ND"], bootstrap=100)
+    with pytest.raises(ValueError, match=r'single data size .*points="curves"'):
+        fit_kaplan(history, laws=["D"])
+    ends = fit_kaplan(history, bootstrap=0)
+    assert "L(D)" in ends.skipped and "L(D)" not in ends and ends["L(N)"].settings["points"] == "ends"
+    fits = fit_kaplan(history, laws=["D", "ND"], bootstrap=100, points="curves")
     l_d = fits["L(D)"]
-    assert "envelope" in l_d.settings["points"]
+    assert "envelope" in l_d.settings["point_source"]
     assert l_d.n_points >= 10
     assert abs(l_d.params["alpha_D"] - LAW.alpha_D) < 0.01
     joint = fits["L(N,D)"]
-    assert "learning-curve" in joint.settings["points"]
+    assert "learning-curve" in joint.settings["point_source"]
     assert abs(joint.params["alpha_D"] - LAW.alpha_D) < 0.02
     # Only final rows of summaries: one data size is still an error, naming the problem.
     with pytest.raises(ValueError, match="single data size"):
