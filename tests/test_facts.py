@@ -197,6 +197,10 @@ def test_validation_is_held_out_and_the_source_is_cached(tmp_path, monkeypatch):
     assert list((tmp_path / "cache").glob("facts-*.json"))
     again = open_source("facts", facts=dataclasses.replace(SMALL, val_tokens=25_000))  # another setting: rebuilt
     assert len(list((tmp_path / "cache").glob("facts-*.json"))) == 2 and again.content_hash != src.content_hash
+    # Task documents mixed in: the mix has no known answers.
+    from scaling.config import TasksConfig, TaskSpec
+    mixed = open_source("facts", facts=SMALL, tasks=TasksConfig(tasks=(TaskSpec(name="copy", kind="copy"),)))
+    assert mixed.optimal_nll is None and mixed.true_exponents is None
 
 
 SWEEP = """
