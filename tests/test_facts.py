@@ -229,6 +229,27 @@ tokens = [8e4]
 """
 
 
+@pytest.mark.slow
+def test_a_trained_model_records_the_truth_and_does_not_beat_the_optimum(tmp_path, monkeypatch):
+    """A run's history and summary carry the known answers (about 20 s of training on a CPU)."""
+    import pyarrow.parquet as pq
+
+    from scaling import records
+    from scaling.sweep.reader import load_sweep
+    from scaling.training.run import train_run
+
+    monkeypatch.setenv("SCALING_CACHE_DIR", str(tmp_path / "cache"))
+    sweep = load_sweep(write_sweep(tmp_path / "s.toml", SWEEP.format(out=tmp_path / "out")), device_count=1)
+    spec = sweep.runs[0]
+    summary = train_run(spec, sweep.out_dir)
+    hist = pq.read_table(records.run_dir(sweep.out_dir, spec.run_id) / "history.parquet").to_pandas()
+    assert (hist["true_exponent_data"] == 0.5).all() and (hist["true_exponent_params"] == 1.0).all()
+    assert summary["true_exponent_data"] == 0.5 and summary["true_exponent_params"] == 1.0
+    optimal = summary["val_loss_optimal"]
+    assert math.isfinite(optimal) and (hist["val_loss_optimal"] == optimal).all()
+    assert (hist["val_loss"] > optimal - 0.1).all() and summary["val_loss"] < hist["val_loss"].iloc[0] - 1.0
+
+
 def test_facts_sweep_settings_are_read_and_bad_ones_are_config_errors(tmp_path):
     from scaling.config import ConfigError
     from scaling.sweep.reader import load_sweep
