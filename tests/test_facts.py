@@ -29,7 +29,8 @@ HUGE = FactsConfig(n_facts=1 << 20, alpha=1.0)
 
 
 def _windows(stream, n, width, start=0):
-    return np.stack([stream[start + i * (width - 1):start + i * (width - 1) + width] for i in range(n)]).astype(np.int64)
+    starts = start + (width - 1) * np.arange(n)
+    return np.stack([stream[s:s + width] for s in starts]).astype(np.int64)
 
 
 def _enumerate(facts, width):

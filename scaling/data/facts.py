@@ -39,12 +39,14 @@ The true exponents (recorded as ``true_exponent_data`` and ``true_exponent_param
 has every fact's format and the prior but knows fact i's value only if it stores it predicts an
 unknown value uniformly: excess loss value_len * ln A per record of an unknown fact.
 
-- Data (Hutter 2021, Sec. 4 / Theorem for Zipf-distributed features): an ideal learner that has
+- Data (Hutter 2021: Zipf-distributed features with exponent 1 + alpha give learning curves
+  with exponent alpha / (1 + alpha)): an ideal learner that has
   memorised every fact seen at least once in D records has expected excess
   value_len ln A sum_i P(i) (1 - P(i))^D ~ value_len ln A int c i^-(1+alpha) exp(-D c i^-(1+alpha)) di
   = value_len ln A c^(1/(1+alpha)) Gamma(alpha/(1+alpha)) / (1+alpha) * D^(-alpha/(1+alpha)) (c = 1/H;
   substitute u = D c i^-(1+alpha)). Data exponent: alpha / (1 + alpha).
-- Parameters (Michaud et al. 2023, Sec. 3): if a model of N parameters stores the n ∝ N most
+- Parameters (Michaud et al. 2023: quanta used with frequencies ∝ k^-(1+alpha), learnt in order
+  of frequency, give L ∝ N^-alpha): if a model of N parameters stores the n ∝ N most
   frequent facts, its excess is value_len ln A sum_{i>n} P(i) ~ value_len ln A c n^-alpha / alpha.
   Parameter exponent: alpha.
 
