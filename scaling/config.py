@@ -26,6 +26,7 @@ from scaling.config_checks import (
     ConfigValueError, check, choice, entries, flag, from_dict, instance, integer, number, strings, task_name_problem,
     text,
 )
+from scaling.config_facts import FactsConfig
 
 
 class ConfigError(Exception):
@@ -46,7 +47,7 @@ MESH_PRESETS = ("dp", "fsdp", "fsdp_tp")
 MESH_AXES = {"dp": ("data",), "fsdp": ("fsdp",), "fsdp_tp": ("data", "fsdp", "tensor")}
 MESH_REST_AXIS = {"dp": "data", "fsdp": "fsdp", "fsdp_tp": "fsdp"}
 ATTENTION = ("xla", "dot_product_attention")
-SOURCES = ("stdlib", "text", "tokens", "synthetic")
+SOURCES = ("stdlib", "text", "tokens", "synthetic", "facts")
 LAUNCHERS = ("local", "slurm", "ray")
 GRIDS = ("kaplan", "isoflop")
 
@@ -166,6 +167,7 @@ class DataConfig:
     data_seed: int = 0
     base_dir: str = "."
     synthetic: SyntheticConfig | None = None  # source "synthetic" only
+    facts: FactsConfig | None = None  # source "facts" only (scaling/config_facts.py)
     tasks: TasksConfig | None = None
 
     def __post_init__(self):
@@ -174,12 +176,13 @@ class DataConfig:
             raise ConfigValueError("paths", f"expected at least one path for source = {self.source!r}")
         check(self, dtype=choice(TOKEN_DTYPES), val_fraction=number(gt=0, le=0.5), data_seed=integer(ge=0),
               base_dir=text(), synthetic=instance(SyntheticConfig, optional=True),
-              tasks=instance(TasksConfig, optional=True))
-        if self.synthetic is not None and self.source != "synthetic":
-            raise ConfigValueError("synthetic", f'settings for source = "synthetic", but source = {self.source!r}')
+              facts=instance(FactsConfig, optional=True), tasks=instance(TasksConfig, optional=True))
+        for name in ("synthetic", "facts"):
+            if getattr(self, name) is not None and self.source != name:
+                raise ConfigValueError(name, f'settings for source = "{name}", but source = {self.source!r}')
         if self.tasks is not None and self.source == "tokens":
             raise ConfigValueError("tasks", "task documents are bytes: they mix only into a byte-level source "
-                                   '("stdlib", "text" or "synthetic")')
+                                   '("stdlib", "text", "synthetic" or "facts")')
 
 
 @dataclass(frozen=True)
@@ -411,7 +414,8 @@ _EXECUTION_ONLY = {"mesh", "sweep", "train.micro_batch", "train.checkpoint_every
                    "train.attention", "data.base_dir", "lr_source", "stage"}
 # Optional instruments, hashed only when set: a sweep without them keeps the run ids it had before
 # they existed.
-_HASHED_WHEN_SET = {"data.synthetic", "data.tasks", "sampling", "optim.warmup_steps", "train.eval_spacing"}
+_HASHED_WHEN_SET = {"data.synthetic", "data.facts", "data.tasks", "sampling", "optim.warmup_steps",
+                    "train.eval_spacing"}
 
 
 @dataclass(frozen=True)
@@ -456,18 +460,12 @@ class RunSpec:
     @property
     def run_id(self) -> str:
         science = self.to_dict()
-        for dotted in _EXECUTION_ONLY:
+        for dotted in _EXECUTION_ONLY | _HASHED_WHEN_SET:  # disjoint: left out always, or when unset
             node = science
             *parents, leaf = dotted.split(".")
             for p in parents:
                 node = node[p]
-            node.pop(leaf, None)
-        for dotted in _HASHED_WHEN_SET:
-            node = science
-            *parents, leaf = dotted.split(".")
-            for p in parents:
-                node = node[p]
-            if node.get(leaf) is None:
+            if dotted in _EXECUTION_ONLY or node.get(leaf) is None:
                 node.pop(leaf, None)
         digest = hashlib.sha256(json.dumps(science, sort_keys=True).encode()).hexdigest()[:8]
         m = self.model

@@ -35,6 +35,8 @@ SCHEMA = pa.schema([
     ("flops_budget", pa.float64()),
     ("train_loss", pa.float64()), ("val_loss", pa.float64()), ("val_bits_per_byte", pa.float64()),
     ("val_loss_optimal", pa.float64()), ("val_entropy", pa.float64()), ("val_ece", pa.float64()),
+    # A source's known scaling exponents (the facts source; NaN for the others): scaling/data/facts.py.
+    ("true_exponent_data", pa.float64()), ("true_exponent_params", pa.float64()),
     ("lr", pa.float64()), ("grad_norm", pa.float64()),
     ("wall_seconds", pa.float64()), ("tokens_per_second", pa.float64()), ("mfu", pa.float64()),
     ("peak_flops", pa.float64()), ("peak_flops_source", pa.string()), ("device_kind", pa.string()),

@@ -41,7 +41,7 @@ REFUSED = [
     (TasksConfig, dict(tasks=(COPY,)), "rate", 0.95, "expected a number <= 0.9, got 0.95"),
     (TasksConfig, dict(tasks=(COPY,)), "probe_items", 10**6, "expected an integer <= 100,000"),
     (TasksConfig, dict(tasks=(COPY,)), "tasks", (COPY, COPY), "expected distinct task names"),
-    (DataConfig, {}, "source", "web", "expected one of stdlib, text, tokens, synthetic, got 'web'"),
+    (DataConfig, {}, "source", "web", "expected one of stdlib, text, tokens, synthetic, facts, got 'web'"),
     (DataConfig, TEXT, "paths", (), "expected at least one path for source = 'text'"),
     (DataConfig, TEXT, "paths", "a.txt", "expected a list of strings (files or globs), got 'a.txt'"),
     (DataConfig, {}, "val_fraction", 0.0, "expected a number > 0, got 0.0"),

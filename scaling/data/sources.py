@@ -7,6 +7,8 @@ Sources (DESIGN.md, "Data sources"):
 - ``tokens``: one flat ``.bin`` of uint16 / uint32 token ids (the nanoGPT layout), memory-mapped.
 - ``synthetic``: a process with a known next-token distribution (scaling/data/synthetic.py); its
   ``TokenSource.optimal_nll`` gives the exact optimal loss of any validation windows.
+- ``facts``: K key -> value records with Zipf frequencies (scaling/data/facts.py): an exact optimal
+  loss, and known data and parameter exponents (``TokenSource.true_exponents``).
 
 Any byte-level source can have task documents mixed in (``tasks``; scaling/data/tasks.py).
 
@@ -50,11 +52,11 @@ from typing import Callable
 
 import numpy as np
 
-from scaling.config import SyntheticConfig
-from scaling.data import splitcache, synthetic as syn
+from scaling.config import FactsConfig, SyntheticConfig
+from scaling.data import facts as facts_mod, splitcache, synthetic as syn
 from scaling.data.tasks import mix_tasks
 
-SOURCES = ("stdlib", "text", "tokens", "synthetic")
+SOURCES = ("stdlib", "text", "tokens", "synthetic", "facts")
 TOKEN_DTYPES = ("uint16", "uint32")
 BYTE_VOCAB_SIZE = 256
 SEPARATOR = b"\x00"
@@ -80,6 +82,8 @@ class TokenSource:
     # For a source whose distribution is known: windows [n, S + 1] -> float64 [n, S], the exact
     # optimal -log p of each target given only its window (None: unknown).
     optimal_nll: Callable[[np.ndarray], np.ndarray] | None = None
+    # For a source whose scaling exponents are known: (data exponent, parameter exponent), else None.
+    true_exponents: tuple[float, float] | None = None
 
 
 def cache_dir() -> Path:
@@ -104,9 +108,9 @@ def check_source(source: str, *, paths: Sequence[str] = (), dtype: str = "uint16
         raise DataError(f"unknown data source {source!r}; expected one of {', '.join(SOURCES)}")
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
-    if source == "synthetic":
+    if source in ("synthetic", "facts"):
         if paths:
-            raise DataError("data source 'synthetic' takes no paths (its settings are [data.synthetic])")
+            raise DataError(f"data source {source!r} takes no paths (its settings are [data.{source}])")
         _byte_vocab_size(vocab_size)
     elif source == "stdlib":
         if paths:
@@ -220,10 +224,11 @@ def _stdlib_files() -> list[tuple[str, Path]]:
 
 def open_source(source: str = "stdlib", *, paths: Sequence[str] = (), dtype: str = "uint16",
                 vocab_size: int | None = None, val_fraction: float = 0.02,
-                base_dir: str | Path = ".", synthetic=None, tasks=None) -> TokenSource:
+                base_dir: str | Path = ".", synthetic=None, tasks=None, facts=None) -> TokenSource:
     """Open (building the cache on first use) a token source; cached per process.
 
-    `synthetic` (a config.SyntheticConfig) parameterises source "synthetic" (defaults when None);
+    `synthetic` (a config.SyntheticConfig) parameterises source "synthetic" (defaults when None),
+    `facts` (a config.FactsConfig) source "facts";
     `tasks` (a config.TasksConfig) mixes task documents into a byte-level source.
     """
     check_source(source, paths=paths, dtype=dtype, vocab_size=vocab_size, base_dir=base_dir,
@@ -231,7 +236,8 @@ def open_source(source: str = "stdlib", *, paths: Sequence[str] = (), dtype: str
     base = str(Path(base_dir).expanduser().resolve())
     # The cache folder is part of the key so that a changed $SCALING_CACHE_DIR is honoured.
     opened = _open_cached(source, _as_tuple(paths), dtype, vocab_size, float(val_fraction), base,
-                          str(cache_dir()), synthetic if source == "synthetic" else None)
+                          str(cache_dir()), synthetic if source == "synthetic" else None,
+                          facts if source == "facts" else None)
     if tasks is None or not tasks.tasks:
         return opened
     return mix_tasks(opened, tasks, cache_dir())
@@ -239,13 +245,20 @@ def open_source(source: str = "stdlib", *, paths: Sequence[str] = (), dtype: str
 
 @functools.lru_cache(maxsize=None)
 def _open_cached(source: str, paths: tuple[str, ...], dtype: str, vocab_size: int | None,
-                 val_fraction: float, base_dir: str, cache: str, synthetic=None) -> TokenSource:
+                 val_fraction: float, base_dir: str, cache: str, synthetic=None, facts=None) -> TokenSource:
     if source == "synthetic":
         config = synthetic or SyntheticConfig()
         train, val, content_hash, split_rule = syn.open_synthetic(config, Path(cache))
         return TokenSource(name="synthetic", vocab_size=_byte_vocab_size(vocab_size), content_hash=content_hash,
                            train=train, val=val, bytes_per_token=None, split_rule=split_rule,
                            optimal_nll=lambda windows: syn.build_process(config).optimal_nll(windows))
+    if source == "facts":
+        config = facts or FactsConfig()
+        train, val, content_hash, split_rule = facts_mod.open_facts(config, Path(cache))
+        return TokenSource(name="facts", vocab_size=_byte_vocab_size(vocab_size), content_hash=content_hash,
+                           train=train, val=val, bytes_per_token=None, split_rule=split_rule,
+                           optimal_nll=lambda windows: facts_mod.build_facts(config).optimal_nll(windows),
+                           true_exponents=facts_mod.build_facts(config).true_exponents)
     if source == "tokens":
         return _open_tokens(paths[0], dtype, vocab_size, val_fraction, base_dir, Path(cache))
     if source == "stdlib":

@@ -382,7 +382,8 @@ def mix(stream: np.ndarray, cfg: TasksConfig, split: str, data_hash: str) -> tup
 
 def mix_tasks(source, cfg: TasksConfig, cache: Path):
     """A TokenSource like `source` with task documents mixed into both splits (built into the cache
-    folder once). The mix has no known optimal loss, so `optimal_nll` is dropped."""
+    folder once). The mix has no known optimal loss or exponents, so `optimal_nll` and `true_exponents`
+    are dropped."""
     if source.vocab_size < 256 or source.train.dtype != np.uint8:
         raise ValueError("task documents are bytes: they mix only into a byte-level source")
     settings = json.dumps({"v": _FORMAT_VERSION, "source": source.content_hash, **asdict(cfg)}, sort_keys=True,
@@ -407,4 +408,5 @@ def mix_tasks(source, cfg: TasksConfig, cache: Path):
             f"held out, heldout_fraction {cfg.heldout_fraction})")
     return replace(source, name=f"{source.name}+tasks", content_hash=manifest["content_hash"],
                    train=np.memmap(f"{stem}.train.bin", dtype=np.uint8, mode="r"),
-                   val=np.memmap(f"{stem}.val.bin", dtype=np.uint8, mode="r"), split_rule=rule, optimal_nll=None)
+                   val=np.memmap(f"{stem}.val.bin", dtype=np.uint8, mode="r"), split_rule=rule, optimal_nll=None,
+                   true_exponents=None)

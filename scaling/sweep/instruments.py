@@ -1,4 +1,4 @@
-"""Science instruments' tables: [data.synthetic], [data.tasks], [sampling] (sweeps/README.md).
+"""Science instruments' tables: [data.synthetic], [data.facts], [data.tasks], [sampling] (sweeps/README.md).
 
 Each config checks its own values (scaling/config.py). Checked here: what needs the task registry
 (a task's kind, its own settings, the length of its documents) or the model (sampling lengths and
@@ -6,7 +6,7 @@ top_k against seq_len and the vocabulary).
 """
 from __future__ import annotations
 
-from scaling.config import SamplingConfig, SyntheticConfig, TasksConfig, TaskSpec
+from scaling.config import FactsConfig, SamplingConfig, SyntheticConfig, TasksConfig, TaskSpec
 from scaling.config_checks import task_name_problem
 from scaling.sweep.table import MISSING, Table
 
@@ -18,6 +18,14 @@ def read_synthetic(data_table: Table, source) -> SyntheticConfig | None:
     if "synthetic" not in data_table.data:
         return SyntheticConfig() if source == "synthetic" else None
     return data_table.sub("synthetic").config(SyntheticConfig)
+
+
+def read_facts(data_table: Table, source) -> FactsConfig | None:
+    """[data.facts]; the source's default facts when the table is left out (like [data.synthetic])."""
+    data_table.used.add("facts")
+    if "facts" not in data_table.data:
+        return FactsConfig() if source == "facts" else None
+    return data_table.sub("facts").config(FactsConfig)
 
 
 def read_tasks(data_table: Table, seq_len: int) -> TasksConfig | None:

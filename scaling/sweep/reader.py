@@ -26,7 +26,7 @@ from scaling.config import (
 )
 from scaling.config_checks import check, choice, entries, field_default, field_types, flag, instance, integer, text
 from scaling.sweep.grids import BYTE_VOCAB, ShapeRule, grid_points
-from scaling.sweep.instruments import read_sampling, read_synthetic, read_tasks
+from scaling.sweep.instruments import read_facts, read_sampling, read_synthetic, read_tasks
 from scaling.sweep.table import Settings, Table, folder_name_problem, from_toml, int_list, unique
 from scaling.sweep.replicate import ReplicateConfig, replicas
 from scaling.sweep.tuning import TuneConfig, tuned_runs
@@ -202,9 +202,10 @@ def _data_and_shape_rule(root: Table, base_dir: str) -> tuple[DataConfig, ShapeR
     rule = rule_settings.build(ShapeRule)
     source = data_settings.values.get("source", field_default(DataConfig, "source"))
     synthetic = read_synthetic(data_table, source)
+    facts = read_facts(data_table, source)
     tasks = read_tasks(data_table, rule.seq_len)
     data_table.finish()
-    data = data_settings.build(DataConfig, base_dir=base_dir, synthetic=synthetic, tasks=tasks)
+    data = data_settings.build(DataConfig, base_dir=base_dir, synthetic=synthetic, facts=facts, tasks=tasks)
     # The tokenizer is the source's: bytes, or the token files' own vocabulary.
     if data.source == "tokens" and "vocab_size" not in data_table.data:
         raise data_table.error("vocab_size", "is required")

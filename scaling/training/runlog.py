@@ -55,7 +55,7 @@ class RunContext:
         self.source = data_mod.open_source(spec.data.source, paths=spec.data.paths, dtype=spec.data.dtype,
                                            vocab_size=m.vocab_size, val_fraction=spec.data.val_fraction,
                                            base_dir=spec.data.base_dir, synthetic=spec.data.synthetic,
-                                           tasks=spec.data.tasks)
+                                           tasks=spec.data.tasks, facts=spec.data.facts)
         self.batcher = data_mod.Batcher(self.source.train, m.seq_len, spec.batch_size, spec.data.data_seed)
         # This process loads share `data_share` of `n_shares` of every batch's rows (multi-host: only its own).
         self.data_share, self.n_shares, self.local_shards = shd.process_share(mesh)
@@ -66,7 +66,9 @@ class RunContext:
         self.probes = probes.Probes(spec.data.tasks, m, t.compute_dtype) if spec.data.tasks else None
         # A source with a known distribution: its exact optimal loss on exactly these windows.
         optimal = float(np.mean(self.source.optimal_nll(self.val_windows))) if self.source.optimal_nll else math.nan
-        self.extra = {"val_loss_optimal": optimal, **(self.probes.chance_columns() if self.probes else {})}
+        exponents = self.source.true_exponents or (math.nan, math.nan)  # known: the facts source
+        self.extra = {"val_loss_optimal": optimal, "true_exponent_data": exponents[0],
+                      "true_exponent_params": exponents[1], **(self.probes.chance_columns() if self.probes else {})}
         self.peak = hardware.peak_flops(t.compute_dtype, n_devices=mesh.size)
         self.flops_per_token = training_flops_per_token(**dataclasses.asdict(m))
         self.tokens_per_step = spec.batch_size * m.seq_len

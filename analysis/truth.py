@@ -1,0 +1,82 @@
+"""A fit against the known answers of its records (`compare_with_truth`).
+
+A source whose optimal loss and exponents are known (the `facts` source, after Hutter 2021,
+"Learning Curve Theory", and Michaud et al. 2023, "The Quantization Model of Neural Scaling"; the
+`synthetic` source knows its optimal loss only) records them in every row: `val_loss_optimal`,
+`true_exponent_data`, `true_exponent_params` (NaN where unknown). Fitting such records and reading
+each fitted parameter against its truth tests the whole pipeline, sweep to fit: the "check against a
+known answer" of /work/shared/SCIENCE.md.
+
+    from analysis.truth import compare_with_truth
+    table = compare_with_truth(fit_chinchilla(runs, approach=3), runs)
+
+Which parameter is which truth (`TRUTH`; pass `truth=` for another naming): the irreducible loss
+`E` is `val_loss_optimal`; an exponent of the data size (`alpha_D` of L(D) and the joint Kaplan law,
+`beta` of Chinchilla's approach 3) is `true_exponent_data`; an exponent of the parameter count
+(`alpha_N`; `alpha` of approach 3) is `true_exponent_params`. The exponents are those of the
+*excess* loss: compare a law with an irreducible term (approach 3, or `fit_power_law(...,
+irreducible=True)`), or one fitted to `val_loss - val_loss_optimal`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from analysis.fit_result import CONFIDENCE, Fit, as_fit_list
+
+TRUTH = {"E": "val_loss_optimal", "alpha_D": "true_exponent_data", "beta": "true_exponent_data",
+         "alpha_N": "true_exponent_params", "alpha": "true_exponent_params"}
+COLUMNS = ["law", "parameter", "truth_column", "truth", "fitted", "lower", "upper", "error", "relative_error",
+           "covered"]
+
+
+def known_truth(runs: pd.DataFrame, column: str, rtol: float = 1e-6) -> float:
+    """The one value of a truth column over the records; NaN when absent or unknown. Raises
+    ValueError when the records disagree (runs of different sources or validation windows)."""
+    if column not in runs:
+        return float("nan")
+    values = pd.to_numeric(runs[column], errors="coerce").to_numpy(float)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return float("nan")
+    low, high = values.min(), values.max()
+    if high - low > rtol * max(abs(high), abs(low), 1e-300):
+        raise ValueError(f"records disagree on {column}: from {low:.6g} to {high:.6g}; compare runs of one "
+                         "source and one validation set")
+    return float(np.median(values))
+
+
+def compare_with_truth(fit: Fit | Iterable[Fit] | Mapping[str, Fit], runs: pd.DataFrame, *,
+                       truth: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """One row per fitted parameter whose true value the records know: the fitted value, its 95%
+    interval (`lower`, `upper`; NaN for a fit made without bootstrap), `error` = fitted - truth,
+    `relative_error` = error / truth, and `covered` (whether the interval holds the truth; None
+    without an interval). `fit` may be one Fit or several (a FitSet); `truth` maps parameter names
+    to truth columns (default `TRUTH`). Raises ValueError when no parameter's truth is known."""
+    mapping = dict(TRUTH if truth is None else truth)
+    rows = []
+    for f in as_fit_list(fit):
+        for name, column in mapping.items():
+            if name not in f.params:
+                continue
+            true_value = known_truth(runs, column)
+            if not np.isfinite(true_value):
+                continue
+            fitted = float(f.params[name])
+            lower, upper = (float(v) for v in f.intervals.get(name, (np.nan, np.nan)))
+            has_interval = np.isfinite(lower) and np.isfinite(upper)
+            error = fitted - true_value
+            rows.append({"law": f.law, "parameter": name, "truth_column": column, "truth": true_value,
+                         "fitted": fitted, "lower": lower, "upper": upper, "error": error,
+                         "relative_error": error / true_value if true_value else np.nan,
+                         "covered": bool(lower <= true_value <= upper) if has_interval else None})
+    if not rows:
+        names = sorted({n for f in as_fit_list(fit) for n in f.params})
+        raise ValueError(f"no fitted parameter has a known truth in these records (parameters {names}; truth "
+                         f"columns {sorted(set(mapping.values()))} absent or NaN)")
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    table.attrs["confidence"] = CONFIDENCE
+    return table
