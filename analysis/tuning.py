@@ -156,7 +156,7 @@ def save_tuning(folder: str | Path, run_ids=None, *, bootstrap: int = DEFAULT_BO
     tuning_figure(runs, rule).savefig(figures / "lr_tuning.png", dpi=150)
     lines = [f"{'N (non-embed)':>14}  {'best lr':>9}  {'grid best':>9}  {'loss':>7}"]
     for row in best.itertuples():
-        edge = "" if row.interior else "  at the grid's edge: widen [tune] lrs"
+        edge = "" if row.interior else "  at the edge of the learning rates tried: widen [tune] lrs"
         lines.append(f"{row.n_params_nonembed:>14,}  {row.lr:>9.3g}  {row.lr_grid:>9.3g}  {row.val_loss:>7.4f}{edge}")
     lo, hi = rule["intervals"]["exponent"]
     interval = f" [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else " (no interval: fewer than 3 sizes)"

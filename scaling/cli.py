@@ -32,7 +32,7 @@ from scaling.launch.report import ASSUMED_MFU as assumed_mfu, LaunchError, Sweep
 from scaling.records import RunLock, base_row
 from scaling.sweep.branch_plan import plan as branch_plan
 from scaling.sweep.reader import check_devices, load_sweep
-from scaling.sweep.tuning import read_rule, tune_dir, tune_runs
+from scaling.sweep.tuning import beyond_edges, n_params, read_rule, tune_dir, tune_runs
 
 USAGE_ERROR = 2
 
@@ -174,20 +174,48 @@ def cmd_tune(args) -> int:
     if args.dry_run:
         _print_plan(tuning, runs)
         return 0
-    report = run_local(tuning, runs, max_parallel=args.max_parallel, quiet=args.quiet)
-    if report.stopped_by:
-        print(f"scaling: stopped by {signal_name(report.stopped_by)}; run `scaling tune {args.sweep}` again to resume",
-              file=sys.stderr)
-        return 128 + report.stopped_by
-    for line in report.lines():
-        print(line)
     from analysis.tuning import save_tuning  # scipy and matplotlib: only here
-    ids = {spec.run_id for spec in runs}
+    every, todo, failed = runs, runs, False
+    for round_ in range(sweep.tune.widen + 1):
+        report = run_local(dataclasses.replace(tuning, runs=todo), todo, max_parallel=args.max_parallel,
+                           quiet=args.quiet)
+        if report.stopped_by:
+            print(f"scaling: stopped by {signal_name(report.stopped_by)}; run `scaling tune {args.sweep}` again to "
+                  "resume", file=sys.stderr)
+            return 128 + report.stopped_by
+        for line in report.lines():
+            print(line)
+        failed |= bool(report.failed)
+        todo = () if round_ == sweep.tune.widen else _widened(folder, sweep, every)
+        if not todo:
+            break
+        print("tune: best at the edge of what was tried, so one step beyond: "
+              + ", ".join(f"N={n_params(spec):,} at lr {spec.optim.lr:.3g}" for spec in todo))
+        every += todo
     try:
-        print(save_tuning(folder, ids, bootstrap=getattr(args, "bootstrap", 1000)), end="")
+        print(save_tuning(folder, {spec.run_id for spec in every}, bootstrap=getattr(args, "bootstrap", 1000)),
+              end="")
     except ValueError as e:
         return _fail(f"{folder}: no rule: {e}")
-    return 1 if report.failed else 0
+    return 1 if failed else 0
+
+
+def _widened(folder: str, sweep, every) -> tuple:
+    """The tuning runs one grid step beyond the edge, for each size whose best learning rate (of its
+    complete runs so far) is the smallest or largest it tried."""
+    from analysis.records import load_runs
+    from analysis.tuning import LR, N_COLUMN, best_lrs
+    records = load_runs(folder)
+    records = records[records["run_id"].isin({spec.run_id for spec in every})]
+    try:
+        best = best_lrs(records)
+    except ValueError:  # nothing complete: nothing to widen
+        return ()
+    tried = {int(n): list(group[LR]) for n, group in records.groupby(N_COLUMN)}
+    edge = best[~best["interior"]]
+    more = beyond_edges(tried, dict(zip(edge[N_COLUMN].astype(int), edge["lr_grid"])))
+    done = {spec.run_id for spec in every}
+    return tuple(spec for spec in tune_runs(sweep.runs, sweep.tune, lrs=more) if spec.run_id not in done)
 
 
 def _print_plan(sweep, runs) -> None:

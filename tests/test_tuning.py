@@ -20,7 +20,7 @@ from scaling.config import ConfigError
 from scaling.flops import param_counts
 from scaling.sweep import load_sweep
 from scaling.sweep.pack_plan import pack_key
-from scaling.sweep.tuning import RULE_FILE, TuneConfig, tune_dir, tune_runs
+from scaling.sweep.tuning import RULE_FILE, TuneConfig, beyond_edges, tune_dir, tune_runs
 
 LRS = [1e-3 * 2 ** k for k in range(7)]  # 1e-3 .. 6.4e-2: 64x
 
@@ -58,6 +58,12 @@ def test_tuning_records_never_enter_a_grids_fits():
     assert (mixed["L(N)"].dropped["reason"] == "a tuning run (stage = tune)").sum() == tune["run_id"].nunique()
 
 
+def test_a_best_at_the_edge_of_what_was_tried_gets_one_step_beyond():
+    tried = {100: [1e-3, 2e-3, 4e-3], 200: [1e-3, 2e-3, 4e-3], 300: [1e-3, 2e-3, 4e-3, 8e-3]}
+    more = beyond_edges(tried, {100: 1e-3, 200: 2e-3, 300: 8e-3})
+    assert more == {100: [pytest.approx(5e-4)], 300: [pytest.approx(1.6e-2)]}  # 200 is interior: nothing
+
+
 def test_tune_config_refuses_a_grid_that_cannot_locate_an_optimum():
     with pytest.raises(ValueError, match="at least 5 distinct"):
         TuneConfig(lrs=(1e-3, 2e-3, 4e-3))
@@ -71,6 +77,7 @@ TUNED = """
 [tune]
 lrs = [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2]
 fraction = 0.5
+widen = 0
 """
 
 

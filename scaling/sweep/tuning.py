@@ -24,24 +24,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scaling.config import ConfigError, ConfigValueError, RunSpec
-from scaling.config_checks import check, number
+from scaling.config_checks import check, integer, number
 from scaling.flops import param_counts
 
 RULE_FILE = "lr_rule.json"
 RULE_FORMAT = 1
 MIN_VALUES, MIN_SPAN = 5, 8.0  # at least 5 learning rates spanning at least 8x: an optimum inside the grid
+# A tuning run is judged by its final loss alone: a few evaluations (the last one at the end) suffice.
+EVAL_POINTS = 4
 
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """`[tune]`: the learning rates every model size is tried at, and the tuning horizon as a fraction
-    of that size's longest run in the grid."""
+    """`[tune]`: the learning rates every model size is tried at, the tuning horizon as a fraction
+    of that size's longest run in the grid, and how many times a size whose best learning rate is at
+    the edge of what it tried gets one more, a grid step beyond (`widen`, per side)."""
 
     lrs: tuple[float, ...] = ()
     fraction: float = 0.25
+    widen: int = 3
 
     def __post_init__(self):
-        check(self, fraction=number(gt=0, le=1))
+        check(self, fraction=number(gt=0, le=1), widen=integer(ge=0, le=10))
         if len(self.lrs) < MIN_VALUES or len(set(self.lrs)) < len(self.lrs):
             raise ConfigValueError("lrs", f"expected at least {MIN_VALUES} distinct learning rates, got {list(self.lrs)}")
         if min(self.lrs) <= 0 or not all(math.isfinite(v) for v in self.lrs):
@@ -61,9 +65,10 @@ def n_params(spec: RunSpec) -> int:
     return param_counts(**dataclasses.asdict(spec.model)).n_params_nonembed
 
 
-def tune_runs(runs, tune: TuneConfig) -> list[RunSpec]:
-    """The tuning runs of a grid: every distinct model shape x every learning rate, at `fraction` of
-    the shape's longest run's tokens (whole batches, at least one), with the first run's settings."""
+def tune_runs(runs, tune: TuneConfig, lrs: dict[int, list[float]] | None = None) -> list[RunSpec]:
+    """The tuning runs of a grid: every distinct model shape x every learning rate (`lrs`, by
+    non-embedding N, where given; else [tune] lrs), at `fraction` of the shape's longest run's tokens
+    (whole batches, at least one), with the first run's settings and EVAL_POINTS evaluations."""
     shapes: dict = {}
     for spec in runs:
         if spec.model not in shapes or spec.train.tokens > shapes[spec.model].train.tokens:
@@ -72,10 +77,26 @@ def tune_runs(runs, tune: TuneConfig) -> list[RunSpec]:
     for spec in shapes.values():
         batch = spec.train.batch_tokens
         tokens = max(1, round(tune.fraction * spec.train.tokens / batch)) * batch
-        for lr in tune.lrs:
+        train = dataclasses.replace(spec.train, tokens=tokens, eval_points=min(spec.train.eval_points, EVAL_POINTS))
+        for lr in (tune.lrs if lrs is None else lrs.get(n_params(spec), ())):
             out.append(dataclasses.replace(spec, grid="kaplan", flops_budget=None, stage="tune", lr_source="fixed",
                                            optim=dataclasses.replace(spec.optim, lr=lr, warmup_steps=None),
-                                           train=dataclasses.replace(spec.train, tokens=tokens)))
+                                           train=train))
+    return out
+
+
+def beyond_edges(tried: dict[int, list[float]], best: dict[int, float]) -> dict[int, list[float]]:
+    """For each size (N) whose best learning rate is the smallest or the largest it tried, the next
+    one past it: the edge's own grid step again (lr^2 / its neighbour)."""
+    out = {}
+    for n, lrs in tried.items():
+        lrs = sorted(lrs)
+        if n not in best or len(lrs) < 2:
+            continue
+        if math.isclose(best[n], lrs[0]):
+            out[n] = [lrs[0] ** 2 / lrs[1]]
+        elif math.isclose(best[n], lrs[-1]):
+            out[n] = [lrs[-1] ** 2 / lrs[-2]]
     return out
 
 
