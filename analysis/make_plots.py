@@ -5,6 +5,7 @@ the figures its records support are written to `<sweep>/figures/` as PNG and PDF
 
     learning_curves                      always
     kaplan_figure1, kaplan_residuals     runs of a Kaplan grid (grid == "kaplan", or no flops_budget)
+    kaplan_grid                          the same, with several data sizes: every (N, D) end point and L(N, D)
     kaplan_audit                         the same: L(N, D) fitted on the smaller two thirds of the runs
                                          (by FLOPs), predicting the rest (analysis.audit)
     isoflop, chinchilla_approach3,       runs with an IsoFLOP budget (flops_budget)
@@ -102,6 +103,7 @@ def sweep_figures(sweep_dir: Path, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int
 
         attempt("kaplan_figure1", lambda: plots.kaplan_figure1(kaplan_curves, kaplan_fits()))
         attempt("kaplan_residuals", lambda: plots.residuals(kaplan_fits()))
+        attempt("kaplan_grid", lambda: plots.kaplan_grid(kaplan_curves, kaplan_fits()))
         attempt("kaplan_audit", lambda: plots.audit_figure(*audit_with_fit(kaplan_curves, law="kaplan",
                                                                            bootstrap=bootstrap, seed=seed)))
 

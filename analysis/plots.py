@@ -20,6 +20,11 @@ draw that true floor as a dashed line. The emergence and confidence figures live
     confidence_figure(runs)           final predictive entropy and ECE against model size
     reliability_figure(calibration)   reliability diagrams (15 confidence bins)
 
+the Kaplan grid's own figure lives in `analysis.grid_figures`, re-exported:
+
+    kaplan_grid(history, fits)        loss against D per size and against N per data size: every end
+                                      point, the seeds of a cell, and L(N, D) through them
+
 and the figures that say how far to trust a fit live in `analysis.trust_figures`, also re-exported:
 
     audit_figure(audit, fit)          an extrapolation audit: observed against predicted held-out runs
@@ -39,6 +44,7 @@ from matplotlib.ticker import LogFormatterSciNotation, LogFormatter
 
 from analysis.fit_result import Fit, FitSet, as_fit_list
 from analysis.emergence import confidence_figure, emergence_figure, reliability_figure  # noqa: F401
+from analysis.grid_figures import kaplan_grid  # noqa: F401
 from analysis.trust_figures import audit_figure, compare_figure, e_profile_figure  # noqa: F401
 from analysis.select import final_rows, is_history, param_column, run_status
 
@@ -88,7 +94,7 @@ def kaplan_figure1(records: pd.DataFrame, fits: FitSet | None = None, *, loss: s
     ax_c.set_xlabel(COMPUTE_LABELS.get(c_col, c_col))
     ax_c.set_title("Compute")
 
-    envelope = "L(D)" in fits and "envelope" in fits["L(D)"].settings.get("points", "")
+    envelope = "L(D)" in fits and "envelope" in fits["L(D)"].settings.get("point_source", "")
     if envelope:  # one data size: L(D) was read off the learning curves, so draw them
         for _, run in complete.groupby("run_id"):
             run = run.sort_values("step")

@@ -33,20 +33,25 @@ def cell_codes(rows: pd.DataFrame, keys) -> np.ndarray:
     return codes
 
 
+def _dense(codes) -> np.ndarray:
+    """Codes renumbered 0..k-1 in order of first appearance (a subset of cells keeps gaps otherwise)."""
+    return pd.factorize(np.asarray(codes))[0]
+
+
 def cell_weights(codes: np.ndarray) -> np.ndarray:
     """1 / (runs in the cell) for every run: each cell counts once."""
-    codes = np.asarray(codes)
+    codes = _dense(codes)
     sizes = np.bincount(codes)
     return 1.0 / sizes[codes]
 
 
 def has_replicates(codes: np.ndarray) -> bool:
-    return bool(np.bincount(np.asarray(codes)).max(initial=0) > 1)
+    return bool(np.bincount(_dense(codes)).max(initial=0) > 1)
 
 
 def two_stage_counts(codes: np.ndarray, bootstrap: int, seed: int) -> np.ndarray:
     """Replicate weights (bootstrap, n_runs): cells resampled, then seeds within each cell."""
-    codes = np.asarray(codes)
+    codes = _dense(codes)
     n_cells = int(codes.max()) + 1 if len(codes) else 0
     cells = resample_counts(n_cells, bootstrap, seed)  # (B, n_cells): the first stage
     weights = cells[:, codes].copy()
@@ -63,7 +68,7 @@ def two_stage_counts(codes: np.ndarray, bootstrap: int, seed: int) -> np.ndarray
 def cell_means(rows: pd.DataFrame, codes: np.ndarray, loss: str) -> pd.DataFrame:
     """One row per cell: its first run's columns, `loss` the geometric mean over its seeds (the mean
     of ln L, what the log-space fits average), and `n_seeds`."""
-    codes = np.asarray(codes)
+    codes = _dense(codes)
     frame = rows.reset_index(drop=True).assign(_cell=codes)
     log_mean = np.log(frame[loss].to_numpy(float))
     means = pd.Series(log_mean).groupby(codes).mean()

@@ -52,6 +52,23 @@ def test_kaplan_figure1(kaplan):
     assert len(compute.get_lines()) >= history["run_id"].nunique() - 1
 
 
+def test_kaplan_grid_draws_every_end_point_and_the_joint_law_through_them(kaplan):
+    history, fits = kaplan
+    fig = plots.kaplan_grid(history, fits)
+    by_d, by_n = _visible_axes(fig)[:2]
+    for ax in (by_d, by_n):
+        assert ax.get_xscale() == "log" and ax.get_yscale() == "log" and "nats/token" in by_d.get_ylabel()
+    assert "tokens" in by_d.get_xlabel() and "Parameters" in by_n.get_xlabel()
+    assert "mid-schedule, not fitted" in _legend_text(by_d) and r"\alpha_D" in _legend_text(by_d)
+    cells = history.groupby("run_id").tail(1)
+    complete = cells[cells["status"] == "complete"]
+    # one dashed law per size on the left, per data size on the right
+    dashed = lambda ax: sum(line.get_linestyle() == "--" and len(line.get_xdata()) > 0 for line in ax.get_lines())
+    assert dashed(by_d) == complete["n_params_nonembed"].nunique() and dashed(by_n) == complete["tokens"].nunique()
+    with pytest.raises(ValueError, match="no L\\(N,D\\) fit"):
+        plots.kaplan_grid(history, fit_kaplan(history, laws=["N"], bootstrap=0))
+
+
 def test_learning_curves_are_coloured_by_size(kaplan):
     history, _ = kaplan
     fig = plots.learning_curves(history)
@@ -106,8 +123,8 @@ def test_make_plots_writes_every_figure_of_every_sweep(tmp_path):
                                  tokens=np.geomspace(1e8, 1e12, 4), n_evals=6), tmp_path)
     write_records(isoflop_records(ChinchillaLaw(), budgets=[1e14, 1e15, 1e16], n_sizes=5, n_evals=5), tmp_path)
     assert make_plots.main([str(tmp_path), "--bootstrap", "20"]) == 0
-    names = {f"{n}.{ext}" for n in ("learning_curves", "kaplan_figure1", "kaplan_residuals", "kaplan_audit",
-                                    "confidence") for ext in ("png", "pdf")}
+    names = {f"{n}.{ext}" for n in ("learning_curves", "kaplan_figure1", "kaplan_residuals", "kaplan_grid",
+                                    "kaplan_audit", "confidence") for ext in ("png", "pdf")}
     assert {p.name for p in (tmp_path / "kaplan" / "figures").iterdir()} == names
     names = {f"{n}.{ext}" for n in ("learning_curves", "isoflop", "chinchilla_approach3", "chinchilla_residuals",
                                     "chinchilla_audit", "chinchilla_e_profile", "confidence")

@@ -44,6 +44,12 @@ def test_with_one_seed_per_cell_the_bootstrap_is_the_one_stage_bootstrap():
     assert np.array_equal(cell_weights(np.array([0, 0, 1, 2, 2, 2])), [0.5, 0.5, 1, 1 / 3, 1 / 3, 1 / 3])
 
 
+def test_a_subset_of_cells_is_resampled_over_its_own_cells_only():
+    # Codes of a subset keep gaps (cells 3 and 7 of a larger grid): no weight may go to absent cells.
+    w = two_stage_counts(np.array([3, 3, 7]), 200, 0)
+    assert np.allclose(w.sum(axis=1), 2)
+
+
 def test_two_stage_weights_keep_each_drawn_cell_whole():
     codes = np.array([0, 0, 1, 1, 2])
     w = two_stage_counts(codes, 400, 0)
