@@ -4,8 +4,8 @@ A source whose optimal loss and exponents are known (the `facts` source, after H
 "Learning Curve Theory", and Michaud et al. 2023, "The Quantization Model of Neural Scaling"; the
 `synthetic` source knows its optimal loss only) records them in every row: `val_loss_optimal`,
 `true_exponent_data`, `true_exponent_params` (NaN where unknown). Fitting such records and reading
-each fitted parameter against its truth tests the whole pipeline, sweep to fit: the "check against a
-known answer" of /work/shared/SCIENCE.md.
+each fitted parameter against its truth tests the whole pipeline, sweep to fit, against a known
+answer.
 
     from analysis.truth import compare_with_truth
     table = compare_with_truth(fit_chinchilla(runs, approach=3), runs)

@@ -106,6 +106,8 @@ def test_tuning_runs_are_every_size_at_every_lr_packable_per_size(tmp_path):
     assert len(runs) == 2 * 5 and {r.stage for r in runs} == {"tune"}
     assert {r.train.tokens for r in runs} == {3200}  # half of each size's 6400 tokens, whole batches
     assert len({pack_key(r) for r in runs}) == 2  # one pack per size: they differ only in lr
+    # Each warms up over as many steps as the grid run it tunes for (50 steps x 0.05), not its own 25 x 0.05.
+    assert {r.optim.warmup_steps for r in runs} == {round(0.05 * 50)} and {r.steps for r in runs} == {25}
 
 
 def test_scaling_tune_trains_packs_saves_the_rule_and_the_sweep_then_uses_it(tmp_path):
