@@ -16,21 +16,19 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 from analysis.records import run_problems
 from scaling import records
 from scaling.config import LAUNCHERS, ConfigError, ConfigValueError
-from scaling.flops import param_counts
 from scaling.launch import jobfile
+from scaling.launch.display import RunProgress as _RunProgress, plan_table
 from scaling.launch.distributed import DistributedError, check_flags
 from scaling.launch.jobfile import check_writable
 from scaling.launch.local import run_local
 from scaling.launch.ray_launcher import run_ray
-from scaling.launch.report import ASSUMED_MFU as assumed_mfu, LaunchError, SweepReport, pending_runs, run_flops
+from scaling.launch.report import LaunchError, SweepReport, pending_runs
 from scaling.records import RunLock, base_row
-from scaling.sweep.branch_plan import plan as branch_plan
 from scaling.sweep.reader import check_devices, load_sweep
 from scaling.sweep.tuning import beyond_edges, n_params, read_rule, tune_dir, tune_runs
 
@@ -219,40 +217,10 @@ def _widened(folder: str, sweep, every) -> tuple:
 
 
 def _print_plan(sweep, runs) -> None:
-    from scaling.hardware import peak_flops  # imports JAX
-    peak = peak_flops("float32")  # with an assumed utilisation: `scaling bench` measures the real one
-    plan = None
-    if sweep.branch:
-        plan = branch_plan(sweep.runs)
-    table = Table(title=f"{sweep.name}: {len(runs)} runs -> {sweep.out_dir}")
-    branch_cols = ("trained steps", "branch") if plan else ()
-    for col in ("run_id", "grid", "n_layer", "d_model", "n_head", "d_ff", "N (non-embed)", "D (tokens)", "steps",
-                *branch_cols, "FLOPs", "est. time"):
-        table.add_column(col, justify="left" if col in ("run_id", "grid", "branch") else "right")
-    total_s = total_flops = 0.0
-    for spec in runs:
-        m = spec.model
-        n = param_counts(**dataclasses.asdict(m)).n_params_nonembed
-        # FLOPs this sweep spends on the run: a branch trains only its cool-down.
-        trained = plan.trained_steps(spec) if plan else spec.steps
-        flops = run_flops(spec) * trained / spec.steps
-        seconds = flops / (peak.flops_per_second * assumed_mfu)
-        total_s += seconds
-        total_flops += flops
-        extra = ()
-        if plan:
-            b = plan.branches.get(spec.run_id)
-            role = (f"from {b.trunk} at step {b.step}" if b else
-                    f"trunk of {len(plan.of_trunk(spec.run_id))}" if plan.of_trunk(spec.run_id) else "")
-            extra = (str(trained), role)
-        table.add_row(spec.run_id, spec.grid, str(m.n_layer), str(m.d_model), str(m.n_head), str(m.d_ff), f"{n:,}",
-                      f"{spec.steps * spec.batch_size * m.seq_len:.3g}", str(spec.steps), *extra, f"{flops:.3g}",
-                      f"{seconds:.0f} s")
+    table, total = plan_table(sweep, runs)
     console = _console()
     console.print(table)
-    saved = f" (branching saves {sum(map(run_flops, runs)) - total_flops:.3g})" if plan else ""
-    console.print(f"total {total_flops:.3g} FLOPs{saved}, about {total_s / 60:.1f} min at {assumed_mfu:.0%} "
-                  f"MFU of {peak.flops_per_second:.3g} FLOP/s ({peak.source}) with one run at a time")
+    console.print(total)
 
 
 def cmd_run(args) -> int:
@@ -308,31 +276,6 @@ def cmd_run(args) -> int:
         else:
             print(_outcome_line(result))
     return 0 if all(r["status"] in ("complete", "diverged") for r in results) else 1
-
-
-class _RunProgress:
-    """`scaling run`'s progress: JSON lines for a launcher, or a bar per run for a person (started at
-    the first step, so that errors before it print alone)."""
-
-    def __init__(self, jsonl: bool):
-        self.jsonl, self.bars, self.progress = jsonl, {}, None
-
-    def step(self, event: dict) -> None:
-        if self.jsonl:
-            print(json.dumps({"event": "step", **event}), flush=True)
-            return
-        if self.progress is None:
-            self.progress = Progress(transient=True)
-            self.progress.start()
-        run_id = event["run_id"]
-        if run_id not in self.bars:
-            self.bars[run_id] = self.progress.add_task(run_id, total=event["steps"])
-        self.progress.update(self.bars[run_id], completed=event["step"], description=f"{run_id} loss {event['loss']:.3f}")
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
 
 
 def signal_name(signum: int) -> str:

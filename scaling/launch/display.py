@@ -1,17 +1,22 @@
-"""The local sweep's progress: one bar over the sweep's FLOPs with a learned ETA, one bar per active
-run; or, quiet, one line per start and finish."""
+"""What a sweep shows: the local sweep's progress (one bar over the sweep's FLOPs with a learned ETA,
+one bar per active run; or, quiet, one line per start and finish), `--dry-run`'s table of runs
+(`plan_table`), and `scaling run`'s own progress (`RunProgress`)."""
 from __future__ import annotations
 
 import dataclasses
 import math
 import time
 
+import json
+
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from scaling.config import RunSpec
 from scaling.flops import param_counts
 from scaling.launch.eta import Eta, RunCost, format_seconds
 from scaling.launch.report import ASSUMED_MFU, run_flops
+from scaling.sweep.branch_plan import plan as branch_plan
 
 
 class Display:
@@ -100,3 +105,61 @@ def _n(spec: RunSpec) -> str:
     return f"{param_counts(**dataclasses.asdict(spec.model)).n_params_nonembed:.3g}"
 
 
+def plan_table(sweep, runs) -> tuple[Table, str]:
+    """`--dry-run`'s table of runs (shape, N, D, steps, FLOPs, estimated time; a branched sweep's trunks
+    and branches) and its total line."""
+    from scaling.hardware import peak_flops  # imports JAX
+    peak = peak_flops("float32")  # with an assumed utilisation: `scaling bench` measures the real one
+    plan = branch_plan(sweep.runs) if sweep.branch else None
+    table = Table(title=f"{sweep.name}: {len(runs)} runs -> {sweep.out_dir}")
+    branch_cols = ("trained steps", "branch") if plan else ()
+    for col in ("run_id", "grid", "n_layer", "d_model", "n_head", "d_ff", "N (non-embed)", "D (tokens)", "steps",
+                *branch_cols, "FLOPs", "est. time"):
+        table.add_column(col, justify="left" if col in ("run_id", "grid", "branch") else "right")
+    total_s = total_flops = 0.0
+    for spec in runs:
+        m = spec.model
+        n = param_counts(**dataclasses.asdict(m)).n_params_nonembed
+        # FLOPs this sweep spends on the run: a branch trains only its cool-down.
+        trained = plan.trained_steps(spec) if plan else spec.steps
+        flops = run_flops(spec) * trained / spec.steps
+        seconds = flops / (peak.flops_per_second * ASSUMED_MFU)
+        total_s += seconds
+        total_flops += flops
+        extra = ()
+        if plan:
+            b = plan.branches.get(spec.run_id)
+            role = (f"from {b.trunk} at step {b.step}" if b else
+                    f"trunk of {len(plan.of_trunk(spec.run_id))}" if plan.of_trunk(spec.run_id) else "")
+            extra = (str(trained), role)
+        table.add_row(spec.run_id, spec.grid, str(m.n_layer), str(m.d_model), str(m.n_head), str(m.d_ff), f"{n:,}",
+                      f"{spec.steps * spec.batch_size * m.seq_len:.3g}", str(spec.steps), *extra, f"{flops:.3g}",
+                      f"{seconds:.0f} s")
+    saved = f" (branching saves {sum(map(run_flops, runs)) - total_flops:.3g})" if plan else ""
+    return table, (f"total {total_flops:.3g} FLOPs{saved}, about {total_s / 60:.1f} min at {ASSUMED_MFU:.0%} "
+                   f"MFU of {peak.flops_per_second:.3g} FLOP/s ({peak.source}) with one run at a time")
+
+
+class RunProgress:
+    """`scaling run`'s progress: JSON lines for a launcher, or a bar per run for a person (started at
+    the first step, so that errors before it print alone)."""
+
+    def __init__(self, jsonl: bool):
+        self.jsonl, self.bars, self.progress = jsonl, {}, None
+
+    def step(self, event: dict) -> None:
+        if self.jsonl:
+            print(json.dumps({"event": "step", **event}), flush=True)
+            return
+        if self.progress is None:
+            self.progress = Progress(transient=True)
+            self.progress.start()
+        run_id = event["run_id"]
+        if run_id not in self.bars:
+            self.bars[run_id] = self.progress.add_task(run_id, total=event["steps"])
+        self.progress.update(self.bars[run_id], completed=event["step"], description=f"{run_id} loss {event['loss']:.3f}")
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
