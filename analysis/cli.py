@@ -1,7 +1,7 @@
 """`scaling fit`, `scaling table` and `scaling compare`: fitted laws, runs, extrapolation audits and
 compute multipliers as markdown, CSV or LaTeX.
 
-    scaling fit RESULTS_DIR --law kaplan|chinchilla [--approach 1|2|3] [--bootstrap N] [--format md|csv|latex]
+    scaling fit RESULTS_DIR [--law kaplan|chinchilla] [--approach 1|2|3] [--bootstrap N] [--format md|csv|latex]
     scaling fit RESULTS_DIR --law kaplan|chinchilla --holdout-flops C    # the extrapolation audit
     scaling table RESULTS_DIR [--format md|csv|latex] [--bootstrap N]
     scaling compare A_DIR B_DIR [--bootstrap N] [--format md|csv|latex]   # B's compute multiplier over A
@@ -44,7 +44,8 @@ def fit_command(argv: list[str]) -> int:
     parser = _Parser(prog="scaling fit", description="Fit Kaplan or Chinchilla scaling laws to a results folder "
                                                      "and print them as a table.")
     parser.add_argument("results_dir", help="a sweep's results folder, or a parent of several")
-    parser.add_argument("--law", required=True, choices=["kaplan", "chinchilla"])
+    parser.add_argument("--law", choices=["kaplan", "chinchilla"], default=None,
+                        help="default: chinchilla for a sweep of IsoFLOP runs, kaplan otherwise")
     parser.add_argument("--approach", type=int, choices=[1, 2, 3],
                         help="Chinchilla approach (default: every approach the data supports)")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP,
@@ -182,6 +183,8 @@ def _fit(args) -> str:
     if args.law == "kaplan" and args.approach:
         raise UsageError("--approach applies to --law chinchilla only")
     runs, history = _records(args.results_dir)
+    if args.law is None and (args.holdout_flops is not None or args.conventions):
+        args.law = _law_of(runs)
     if args.holdout_flops is not None:
         return _audit_text(runs, history, args)
     if args.conventions:
