@@ -24,9 +24,10 @@ from analysis import tables
 from analysis.audit import audit_with_fit
 from analysis.chinchilla import fit_chinchilla
 from analysis.comparison import compare
-from analysis.emergence import optimal_loss_gap, probe_tasks, transitions
+from analysis.emergence import probe_tasks, transitions
 from analysis.fit_result import DEFAULT_BOOTSTRAP, Fit
 from analysis.kaplan import fit_kaplan
+from analysis.truth import compare_with_truth
 from analysis.conventions import fit_conventions, side_by_side
 from analysis.records import load_history, load_runs, one_line_warnings
 
@@ -307,26 +308,31 @@ def _table(args) -> str:
     except (UsageError, ValueError) as exc:
         print(f"warning: no fits: {_one_line(exc)}", file=sys.stderr)
         sweep_fits, fits_text = [], ""
-    truth_text = _truth_text(runs, sweep_fits)
+    truth_text = _truth_text(runs, sweep_fits, args.format)
     transitions_text = _transitions_text(runs, args.format, args.bootstrap)
     if args.format == "md":
         return (f"## Runs\n\n{runs_text}" + (f"\n## Fits\n\n{fits_text}" if fits_text else "")
-                + (f"\n## Fitted floor against the truth\n\n{truth_text}" if truth_text else "")
+                + (f"\n## Fits against the known answers\n\n{truth_text}" if truth_text else "")
                 + (f"\n## Transitions\n\n{transitions_text}" if transitions_text else ""))
-    return runs_text + "".join("\n" + t for t in (fits_text, transitions_text) if t)
+    return runs_text + "".join("\n" + t for t in (fits_text, truth_text, transitions_text) if t)
 
 
-def _truth_text(runs: pd.DataFrame, sweep_fits) -> str:
-    """For a sweep on a source with a known distribution: approach 3's E against val_loss_optimal."""
-    lines = []
+def _truth_text(runs: pd.DataFrame, sweep_fits, format: str = "md") -> str:
+    """For a sweep on a source whose answers are known (val_loss_optimal; true_exponent_data and
+    true_exponent_params): every fitted parameter with a truth, its error and whether its interval
+    covers it (analysis.truth.compare_with_truth)."""
+    parts = []
     for sweep, fits in sweep_fits:
         sweep_runs = runs if sweep is None else runs.loc[runs["sweep"] == sweep]
-        if "val_loss_optimal" not in sweep_runs or not sweep_runs["val_loss_optimal"].notna().any():
+        try:
+            frame = compare_with_truth(fits, sweep_runs)
+        except ValueError:  # no known answer in these records
             continue
-        for fit in fits:
-            if "E" in fit.params:
-                lines.append(f"- {sweep or 'runs'}: {optimal_loss_gap(fit.params['E'], sweep_runs)}\n")
-    return "".join(lines)
+        frame = frame.drop(columns=["truth_column"])
+        if sweep is not None:
+            frame.insert(0, "sweep", sweep)
+        parts.append(tables.render(frame, format))
+    return "".join(parts)
 
 
 def _transitions_text(runs: pd.DataFrame, format: str, bootstrap: int) -> str:
