@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 SWEEP  ?= sweeps/kaplan.toml
+# `make sweep` writes your own records here, beside the shipped results/ it compares them with.
+MINE   ?= my-results
+NAME   := $(basename $(notdir $(SWEEP)))
 EXTRAS ?= test
 
 .PHONY: setup sweep smoke test test-all plots bench bench-efficiency clean
@@ -18,8 +21,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-sweep: setup            ## train sweeps/kaplan.toml (or SWEEP=...) into results/
-	$(BIN)/scaling sweep $(SWEEP)
+sweep: setup            ## train sweeps/kaplan.toml (or SWEEP=...) into my-results/, fit it, compare with results/
+	$(BIN)/scaling sweep $(SWEEP) --out $(MINE)/$(NAME)
+	$(BIN)/scaling fit $(MINE)/$(NAME)
+	@if [ -d results/$(NAME)/runs ]; then $(BIN)/scaling reproduce $(MINE)/$(NAME) results/$(NAME); fi
 
 smoke: setup            ## three tiny runs, under a minute
 	$(BIN)/scaling sweep sweeps/smoke.toml
@@ -40,4 +45,4 @@ bench-efficiency: setup ## every sweep-efficiency benchmark (7-12 min): step spe
 	PYTHON=$(BIN)/python bash benchmarks/efficiency.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache results/smoke
+	rm -rf $(VENV) build *.egg-info .pytest_cache results/smoke $(MINE)

@@ -4,7 +4,7 @@
     from analysis.fit import fit_power_law, fit_kaplan, fit_chinchilla, extrapolation_audit
     from analysis import plots, tables
 
-Needs pandas, pyarrow, scipy and matplotlib only: no JAX, nothing from `scaling`.
+Needs pandas, pyarrow and matplotlib only: no JAX, nothing from `scaling`.
 """
 
 from analysis.comparison import Comparison, compare

@@ -1,7 +1,7 @@
 """`scaling fit`, `scaling table` and `scaling compare`: fitted laws, runs, extrapolation audits and
 compute multipliers as markdown, CSV or LaTeX.
 
-    scaling fit RESULTS_DIR --law kaplan|chinchilla [--approach 1|2|3] [--bootstrap N] [--format md|csv|latex]
+    scaling fit RESULTS_DIR [--law kaplan|chinchilla] [--approach 1|2|3] [--bootstrap N] [--format md|csv|latex]
     scaling fit RESULTS_DIR --law kaplan|chinchilla --holdout-flops C    # the extrapolation audit
     scaling table RESULTS_DIR [--format md|csv|latex] [--bootstrap N]
     scaling compare A_DIR B_DIR [--bootstrap N] [--format md|csv|latex]   # B's compute multiplier over A
@@ -24,9 +24,10 @@ from analysis import tables
 from analysis.audit import audit_with_fit
 from analysis.chinchilla import fit_chinchilla
 from analysis.comparison import compare
-from analysis.emergence import optimal_loss_gap, probe_tasks, transitions
+from analysis.emergence import probe_tasks, transitions
 from analysis.fit_result import DEFAULT_BOOTSTRAP, Fit
 from analysis.kaplan import fit_kaplan
+from analysis.truth import compare_with_truth
 from analysis.conventions import fit_conventions, side_by_side
 from analysis.records import load_history, load_runs, one_line_warnings
 
@@ -44,7 +45,8 @@ def fit_command(argv: list[str]) -> int:
     parser = _Parser(prog="scaling fit", description="Fit Kaplan or Chinchilla scaling laws to a results folder "
                                                      "and print them as a table.")
     parser.add_argument("results_dir", help="a sweep's results folder, or a parent of several")
-    parser.add_argument("--law", required=True, choices=["kaplan", "chinchilla"])
+    parser.add_argument("--law", choices=["kaplan", "chinchilla"], default=None,
+                        help="default: chinchilla for a sweep of IsoFLOP runs, kaplan otherwise")
     parser.add_argument("--approach", type=int, choices=[1, 2, 3],
                         help="Chinchilla approach (default: every approach the data supports)")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP,
@@ -182,6 +184,8 @@ def _fit(args) -> str:
     if args.law == "kaplan" and args.approach:
         raise UsageError("--approach applies to --law chinchilla only")
     runs, history = _records(args.results_dir)
+    if args.law is None and (args.holdout_flops is not None or args.conventions):
+        args.law = _law_of(runs)
     if args.holdout_flops is not None:
         return _audit_text(runs, history, args)
     if args.conventions:
@@ -304,26 +308,31 @@ def _table(args) -> str:
     except (UsageError, ValueError) as exc:
         print(f"warning: no fits: {_one_line(exc)}", file=sys.stderr)
         sweep_fits, fits_text = [], ""
-    truth_text = _truth_text(runs, sweep_fits)
+    truth_text = _truth_text(runs, sweep_fits, args.format)
     transitions_text = _transitions_text(runs, args.format, args.bootstrap)
     if args.format == "md":
         return (f"## Runs\n\n{runs_text}" + (f"\n## Fits\n\n{fits_text}" if fits_text else "")
-                + (f"\n## Fitted floor against the truth\n\n{truth_text}" if truth_text else "")
+                + (f"\n## Fits against the known answers\n\n{truth_text}" if truth_text else "")
                 + (f"\n## Transitions\n\n{transitions_text}" if transitions_text else ""))
-    return runs_text + "".join("\n" + t for t in (fits_text, transitions_text) if t)
+    return runs_text + "".join("\n" + t for t in (fits_text, truth_text, transitions_text) if t)
 
 
-def _truth_text(runs: pd.DataFrame, sweep_fits) -> str:
-    """For a sweep on a source with a known distribution: approach 3's E against val_loss_optimal."""
-    lines = []
+def _truth_text(runs: pd.DataFrame, sweep_fits, format: str = "md") -> str:
+    """For a sweep on a source whose answers are known (val_loss_optimal; true_exponent_data and
+    true_exponent_params): every fitted parameter with a truth, its error and whether its interval
+    covers it (analysis.truth.compare_with_truth)."""
+    parts = []
     for sweep, fits in sweep_fits:
         sweep_runs = runs if sweep is None else runs.loc[runs["sweep"] == sweep]
-        if "val_loss_optimal" not in sweep_runs or not sweep_runs["val_loss_optimal"].notna().any():
+        try:
+            frame = compare_with_truth(fits, sweep_runs)
+        except ValueError:  # no known answer in these records
             continue
-        for fit in fits:
-            if "E" in fit.params:
-                lines.append(f"- {sweep or 'runs'}: {optimal_loss_gap(fit.params['E'], sweep_runs)}\n")
-    return "".join(lines)
+        frame = frame.drop(columns=["truth_column"])
+        if sweep is not None:
+            frame.insert(0, "sweep", sweep)
+        parts.append(tables.render(frame, format))
+    return "".join(parts)
 
 
 def _transitions_text(runs: pd.DataFrame, format: str, bootstrap: int) -> str:

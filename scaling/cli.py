@@ -53,7 +53,7 @@ def _device_count() -> int:
 def _load(path: str, only: list[str] | None = None, args=None):
     """The sweep with command-line launcher settings applied, checked against the devices one run
     will get: this machine's for the local launcher, the sweep file's [slurm] / [ray] request else."""
-    sweep = load_sweep(path)
+    sweep = load_sweep(path, **_overrides(args))
     if args is not None:
         sweep = _with_launcher_flags(sweep, args)
     devices = sweep.devices_per_run(getattr(args, "launcher", None) or sweep.launcher)
@@ -63,6 +63,11 @@ def _load(path: str, only: list[str] | None = None, args=None):
         raise ConfigError(path, "", f"no run matches --only {' '.join(only)}")
     check_writable(sweep.path, sweep.out_dir, create=not getattr(args, "dry_run", False))
     return sweep, runs
+
+
+def _overrides(args) -> dict:
+    """load_sweep's keywords for the command line's --set KEY=VALUE and --out DIR."""
+    return {"overrides": tuple(getattr(args, "set", None) or ()), "out_dir": getattr(args, "out", None)}
 
 
 def _with_launcher_flags(sweep, args):
@@ -85,7 +90,7 @@ def _with_launcher_flags(sweep, args):
 def cmd_sweep(args) -> int:
     """Tuning first where the sweep asks for it and has no rule yet; the grid; then the replicas that
     its results name ([replicate] at = "minima")."""
-    first = load_sweep(args.sweep, for_tuning=True)
+    first = load_sweep(args.sweep, for_tuning=True, **_overrides(args))
     if first.lr_tuned and first.tune is not None and read_rule(first.out_dir) is None:
         print(f"sweep {first.name}: no learning-rate rule yet: tuning first ({tune_dir(first.out_dir)})")
         code = cmd_tune(args)
@@ -159,7 +164,7 @@ def _sweep_once(args, sweep=None, runs=None):
 def cmd_tune(args) -> int:
     """The learning rate per model size (scaling/sweep/tuning.py): every shape of the grid at every
     [tune] lrs value, packed; then the best per size and the rule LR*(N), saved for lr = "tuned"."""
-    sweep = load_sweep(args.sweep, for_tuning=True)
+    sweep = load_sweep(args.sweep, for_tuning=True, **_overrides(args))
     if sweep.tune is None:
         raise ConfigError(args.sweep, "tune", "no [tune] table: give the learning rates to try, e.g. "
                           "[tune] lrs = [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2]")
@@ -172,7 +177,7 @@ def cmd_tune(args) -> int:
     if args.dry_run:
         _print_plan(tuning, runs)
         return 0
-    from analysis.tuning import save_tuning  # scipy and matplotlib: only here
+    from analysis.tuning import save_tuning  # pandas and matplotlib: only here
     every, todo, failed = runs, runs, False
     for round_ in range(sweep.tune.widen + 1):
         report = run_local(dataclasses.replace(tuning, runs=todo), todo, max_parallel=args.max_parallel,
@@ -243,7 +248,7 @@ def cmd_run(args) -> int:
                     process_id=args.process_id)
     except DistributedError as e:
         return _fail(str(e))
-    jobs = [jobfile.read(p) for p in args.spec] if args.spec else job_mod.resolve(args.sweep, args.run_id)
+    jobs = [jobfile.read(p) for p in args.spec] if args.spec else job_mod.resolve(args.sweep, args.run_id, **_overrides(args))
     if len(jobs) > 1 and multihost:
         return _fail("several runs train together in one process: not with --distributed on or the multi-host flags")
     progress = _RunProgress(jsonl)
@@ -294,7 +299,7 @@ def cmd_status(args) -> int:
 
     root, planned = Path(args.results), []
     if root.is_file() or root.suffix == ".toml":
-        sweep = load_sweep(root)
+        sweep = load_sweep(root, **_overrides(args))
         root, planned = Path(sweep.out_dir), [base_row(spec) for spec in sweep.runs]
         summaries = [p for r in planned if (p := records.run_dir(root, r["run_id"]) / "summary.parquet").exists()]
     else:
@@ -351,7 +356,10 @@ def cmd_bench(args) -> int:
 
 
 def _analysis(name: str, argv: list[str]) -> int:
-    from analysis import cli  # scipy and matplotlib: only for the analysis commands
+    if name == "reproduce_command":
+        from analysis.reproduce import reproduce_command
+        return reproduce_command(argv)
+    from analysis import cli  # pandas and matplotlib: only for the analysis commands
     return getattr(cli, name)(argv)
 
 
@@ -376,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", "-q", action="store_true", help="plain log lines instead of progress bars")
     s.add_argument("--launcher", choices=LAUNCHERS, default=None,
                    help="where the runs go (default: the sweep file's [sweep] launcher, else local)")
+    _override_flags(s)
     s.add_argument("--wait", action="store_true",
                    help="slurm: wait for the jobs and report each run's outcome (default: submit and return)")
     g = s.add_argument_group("slurm (override the sweep file's [slurm] table)")
@@ -399,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-parallel", type=_at_least(1), default=None, help="processes at once (default: the sweep's)")
     t.add_argument("--bootstrap", type=_at_least(0), default=1000, help="replicates for the rule's interval")
     t.add_argument("--quiet", "-q", action="store_true", help="plain log lines instead of progress bars")
+    _override_flags(t)
     t.set_defaults(func=cmd_tune)
 
     r = sub.add_parser("run", help="train runs: those a launcher wrote (--spec), or runs of a sweep file by id",
@@ -411,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a run's resolved spec, <out_dir>/runs/<run_id>/spec.json, as a launcher writes it; repeat "
                         "it to train several together")
     r.add_argument("--progress", choices=("rich", "jsonl"), default="rich")
+    _override_flags(r)
     d = r.add_argument_group("multi-host: one run over several processes (give all three, on every process)")
     d.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address, reachable from every process")
     d.add_argument("--num-processes", type=_at_least(1), metavar="N")
@@ -422,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="a table of a results folder's runs, or of every run of a sweep file")
     st.add_argument("results", help="a results folder (results/<sweep>) or a sweep file")
+    _override_flags(st)
     st.set_defaults(func=cmd_status)
 
     b = sub.add_parser("bench", help="tokens/s and MFU of a few model sizes on this machine")
@@ -430,12 +442,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-tokens", type=int, default=8192)
     b.set_defaults(func=cmd_bench)
 
-    for name, what in (("fit", "fitted laws / runs as a table"), ("table", "fitted laws / runs as a table"),
-                       ("compare", "the compute multiplier of one sweep over another")):
+    for name, what in (("fit", "fit Kaplan or Chinchilla laws, with 95% intervals"),
+                       ("table", "a results folder's runs and laws as markdown, CSV or LaTeX"),
+                       ("compare", "the compute multiplier of one sweep over another"),
+                       ("reproduce", "how your records compare with reference records of the same runs")):
         a = sub.add_parser(name, help=f"{what} (see `scaling {name} -h`)", add_help=False)
         a.add_argument("rest", nargs=argparse.REMAINDER)
         a.set_defaults(func=lambda args, n=name: _analysis(f"{n}_command", args.rest))
     return p
+
+
+def _override_flags(parser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="set a key of the sweep file, its value read as TOML (optimizer.lr=1e-3, "
+                             "'grid.tokens=[1e6,2e6]'); checked like the file's own; repeatable")
+    parser.add_argument("--out", metavar="DIR", help="the results folder (instead of [sweep] out_dir)")
 
 
 def _at_least(low: int):

@@ -411,7 +411,7 @@ class RayConfig:
 
 # Fields that do not enter run_id: how a run executes, or where its settings came from, not what it computes.
 _EXECUTION_ONLY = {"mesh", "sweep", "train.micro_batch", "train.checkpoint_every", "train.keep_checkpoints",
-                   "train.attention", "data.base_dir", "lr_source", "stage"}
+                   "train.attention", "data.base_dir", "lr_source", "stage", "overrides"}
 # Optional instruments, hashed only when set: a sweep without them keeps the run ids it had before
 # they existed.
 _HASHED_WHEN_SET = {"data.synthetic", "data.facts", "data.tasks", "sampling", "optim.warmup_steps",
@@ -432,13 +432,14 @@ class RunSpec:
     sampling: SamplingConfig | None = None
     lr_source: str = "fixed"  # optim.lr as the sweep file gives it, or "tuned": from `scaling tune`'s rule
     stage: str = "main"  # or "tune": a learning-rate tuning run, never in a grid's fits
+    overrides: tuple[str, ...] = ()  # the command line's `--set KEY=VALUE`s (recorded; the values they set are hashed)
 
     def __post_init__(self):
         check(self, sweep=text(), grid=choice(GRIDS), model=instance(ModelConfig), data=instance(DataConfig),
               optim=instance(OptimConfig), train=instance(TrainConfig), mesh=instance(MeshConfig),
               seed=integer(ge=0), flops_budget=number(gt=0, optional=True),
               sampling=instance(SamplingConfig, optional=True), lr_source=choice(("fixed", "tuned")),
-              stage=choice(("main", "tune")))
+              stage=choice(("main", "tune")), overrides=strings("expected KEY=VALUE strings"))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -25,10 +25,11 @@ from scaling.sweep import check_runs, load_sweep
 from scaling.training.run import run_and_record, run_pack_and_record
 
 
-def resolve(sweep_path: str | Path, run_ids: list[str]) -> list[Job]:
+def resolve(sweep_path: str | Path, run_ids: list[str], **overrides) -> list[Job]:
     """The jobs of runs `run_ids` of a sweep file, as a person names them (`scaling run SWEEP
-    --run-id ID`). Raises ConfigError for a bad file or an unknown run id."""
-    sweep = load_sweep(sweep_path)
+    --run-id ID`; `overrides`: load_sweep's, for --set and --out). Raises ConfigError for a bad file
+    or an unknown run id."""
+    sweep = load_sweep(sweep_path, **overrides)
     by_id = {s.run_id: s for s in sweep.runs}
     for run_id in run_ids:
         if run_id not in by_id:

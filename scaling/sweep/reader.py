@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import itertools
+import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,13 +87,21 @@ class SweepConfig:
         return tuple(s for s in self.runs if all(hit(s, p) for p in patterns))
 
 
-def load_sweep(path: str | Path, *, device_count: int | None = None, for_tuning: bool = False) -> SweepConfig:
+def load_sweep(path: str | Path, *, device_count: int | None = None, for_tuning: bool = False,
+               overrides=(), out_dir: str | None = None) -> SweepConfig:
     """Parse and validate a sweep file in full. Raises ConfigError on the first mistake.
 
     `lr = "tuned"` takes each run's learning rate from the rule `scaling tune` saved; `for_tuning`
-    (what `scaling tune` reads the file with, before there is a rule) leaves them at the default."""
+    (what `scaling tune` reads the file with, before there is a rule) leaves them at the default.
+    `overrides`: `KEY=VALUE` strings (the command line's `--set`), each setting one dotted key of the
+    file before it is read, so they are checked exactly as the file's keys are (`set_keys`).
+    `out_dir` (the command line's `--out`) replaces `[sweep] out_dir`."""
     path = Path(path)
-    root = Table(str(path), "", _parse(path))
+    overrides = tuple(overrides)
+    data = set_keys(_parse(path), overrides, str(path))
+    if out_dir is not None:
+        set_keys(data, [f"sweep.out_dir={json.dumps(str(out_dir))}"], str(path))
+    root = Table(str(path), "", data)
     sweep, seeds = _sweep_settings(root.sub("sweep"), path)
     data, rule = _data_and_shape_rule(root, _base_dir(path))
     lr_tuned = _takes_tuned_lr(root)
@@ -114,6 +123,8 @@ def load_sweep(path: str | Path, *, device_count: int | None = None, for_tuning:
                           "[isoflop] table")
     shared = dict(sweep=sweep.values["name"], data=data, mesh=mesh, sampling=sampling)
     runs = _runs(root.file, shared, optim, train, grids, axes, seeds)
+    if overrides:
+        runs = tuple(dataclasses.replace(spec, overrides=overrides) for spec in runs)
     if lr_tuned and not for_tuning:
         runs = tuned_runs(root.file, sweep.values["out_dir"], runs)
     config = (sweep | branch).build(SweepConfig, path=root.file, runs=runs, slurm=slurm, ray=ray, tune=tune,
@@ -146,6 +157,31 @@ def _replicate(root: Table, seeds: list[int]) -> ReplicateConfig | None:
         raise table.error("at", '"minima" are the least-loss runs of IsoFLOP budgets: expected an [isoflop] table, '
                           "or a list of patterns")
     return config
+
+
+def set_keys(data: dict, overrides, file: str) -> dict:
+    """The file's tables with each `KEY=VALUE` applied: KEY a dotted path (`optimizer.lr`,
+    `grid.tokens`), VALUE read as TOML (`1e-3`, `[1e6, 2e6]`, `true`, `"wsd"`), or as a plain string
+    where it is not TOML (`schedule.kind=wsd`). Raises ConfigError naming `--set` or the key."""
+    for given in overrides:
+        key, eq, value = given.partition("=")
+        key = key.strip()
+        parts = key.split(".")
+        if not eq or not key or not all(parts):
+            raise ConfigError(file, "--set", f"expected KEY=VALUE with a dotted KEY such as optimizer.lr=1e-3, got "
+                              f"{given!r}")
+        try:
+            parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value.strip()
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(file, ".".join(parts[:i + 1]), f"is not a table, so --set {key} cannot set a key "
+                                  "in it")
+        node[parts[-1]] = parsed
+    return data
 
 
 def _takes_tuned_lr(root: Table) -> bool:
