@@ -6,8 +6,8 @@
                                  faint behind (mid-schedule points, drawn, not fitted)
 
 After Kaplan et al. 2020 Fig. 9 (left): a law of two variables is judged on the grid it was fitted
-to, so the figure shows where L(N, D) runs between and beyond its points. Re-exported by
-analysis.plots.
+to, so the figure shows where L(N, D) runs between and beyond its points. It draws with
+analysis.plots' labels and axes (so this module imports that one, never the other way).
 """
 
 from __future__ import annotations

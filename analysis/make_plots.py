@@ -40,6 +40,7 @@ from analysis.audit import audit_with_fit  # noqa: E402
 from analysis.chinchilla import fit_chinchilla  # noqa: E402
 from analysis.emergence import load_calibration, probe_tasks  # noqa: E402
 from analysis.fit_result import DEFAULT_BOOTSTRAP  # noqa: E402
+from analysis.grid_figures import kaplan_grid  # noqa: E402
 from analysis.kaplan import fit_kaplan  # noqa: E402
 from analysis.records import load_history, load_runs, one_line_warnings  # noqa: E402
 from analysis.tuning import RULE_FILE, tuning_figure  # noqa: E402
@@ -103,7 +104,7 @@ def sweep_figures(sweep_dir: Path, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int
 
         attempt("kaplan_figure1", lambda: plots.kaplan_figure1(kaplan_curves, kaplan_fits()))
         attempt("kaplan_residuals", lambda: plots.residuals(kaplan_fits()))
-        attempt("kaplan_grid", lambda: plots.kaplan_grid(kaplan_curves, kaplan_fits()))
+        attempt("kaplan_grid", lambda: kaplan_grid(kaplan_curves, kaplan_fits()))
         attempt("kaplan_audit", lambda: plots.audit_figure(*audit_with_fit(kaplan_curves, law="kaplan",
                                                                            bootstrap=bootstrap, seed=seed)))
 

@@ -20,7 +20,7 @@ draw that true floor as a dashed line. The emergence and confidence figures live
     confidence_figure(runs)           final predictive entropy and ECE against model size
     reliability_figure(calibration)   reliability diagrams (15 confidence bins)
 
-the Kaplan grid's own figure lives in `analysis.grid_figures`, re-exported:
+the Kaplan grid's own figure lives in `analysis.grid_figures` (it draws with this module's styles):
 
     kaplan_grid(history, fits)        loss against D per size and against N per data size: every end
                                       point, the seeds of a cell, and L(N, D) through them
@@ -44,7 +44,6 @@ from matplotlib.ticker import LogFormatterSciNotation, LogFormatter
 
 from analysis.fit_result import Fit, FitSet, as_fit_list
 from analysis.emergence import confidence_figure, emergence_figure, reliability_figure  # noqa: F401
-from analysis.grid_figures import kaplan_grid  # noqa: F401
 from analysis.trust_figures import audit_figure, compare_figure, e_profile_figure  # noqa: F401
 from analysis.select import final_rows, is_history, param_column, run_status
 

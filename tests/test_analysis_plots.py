@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 
 from analysis import make_plots, plots
 from analysis.fit import fit_chinchilla, fit_kaplan
+from analysis.grid_figures import kaplan_grid
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_kaplan_figure1(kaplan):
 
 def test_kaplan_grid_draws_every_end_point_and_the_joint_law_through_them(kaplan):
     history, fits = kaplan
-    fig = plots.kaplan_grid(history, fits)
+    fig = kaplan_grid(history, fits)
     by_d, by_n = _visible_axes(fig)[:2]
     for ax in (by_d, by_n):
         assert ax.get_xscale() == "log" and ax.get_yscale() == "log" and "nats/token" in by_d.get_ylabel()
@@ -66,7 +67,7 @@ def test_kaplan_grid_draws_every_end_point_and_the_joint_law_through_them(kaplan
     dashed = lambda ax: sum(line.get_linestyle() == "--" and len(line.get_xdata()) > 0 for line in ax.get_lines())
     assert dashed(by_d) == complete["n_params_nonembed"].nunique() and dashed(by_n) == complete["tokens"].nunique()
     with pytest.raises(ValueError, match="no L\\(N,D\\) fit"):
-        plots.kaplan_grid(history, fit_kaplan(history, laws=["N"], bootstrap=0))
+        kaplan_grid(history, fit_kaplan(history, laws=["N"], bootstrap=0))
 
 
 def test_learning_curves_are_coloured_by_size(kaplan):

@@ -33,7 +33,7 @@ eval_points = 3
 eval_sequences = 8
 checkpoint_every = 50
 [isoflop]
-budgets = [4e7, 8e7]
+budgets = [4e8, 8e8]
 tokens_per_param = [0.1, 10000]
 min_steps = 10
 models = [{{ n_layer = 1, d_model = 8 }}, {{ n_layer = 1, d_model = 16 }}, {{ n_layer = 1, d_model = 24 }}]
@@ -69,7 +69,7 @@ def test_minima_appear_once_every_run_of_a_budget_is_done(tmp_path):
     path = _iso(tmp_path, '[replicate]\nseeds = [7]\nat = "minima"')
     sweep = load_sweep(path)
     assert all(s.seed == 0 for s in sweep.runs)  # nothing has run: no minimum is known
-    low = [s for s in sweep.runs if s.flops_budget == 4e7]
+    low = [s for s in sweep.runs if s.flops_budget == 4e8]
     for i, spec in enumerate(low[:-1]):
         _finish(sweep.out_dir, spec, 3.0 - 0.1 * i)
     assert len(load_sweep(path).runs) == len(sweep.runs)  # one run of the budget still to finish
