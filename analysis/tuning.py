@@ -107,7 +107,12 @@ def tuning_figure(runs: pd.DataFrame, rule: dict, *, loss: str = "val_loss") -> 
     fig = Figure(figsize=(11, 4.5), layout="constrained")
     ax_loss, ax_rule = fig.subplots(1, 2)
     best = pd.DataFrame(rule["per_size"])
-    colors = dict(zip(best[N_COLUMN], [f"C{i}" for i in range(len(best))]))
+    # One colour per size along a sequential map (a cycle of ten repeats on a wider grid), and the
+    # rule's points in the same colours, so a size reads across both panels.
+    from matplotlib import colormaps
+    from matplotlib.colors import LogNorm
+    norm = LogNorm(best[N_COLUMN].min(), best[N_COLUMN].max() * (1.0001 if len(best) == 1 else 1))
+    colors = {n: colormaps["viridis"](0.9 * norm(n)) for n in best[N_COLUMN]}
     for n, group in runs.groupby(N_COLUMN):
         group = group.sort_values(LR)
         color = colors.get(n, "grey")
@@ -119,7 +124,8 @@ def tuning_figure(runs: pd.DataFrame, rule: dict, *, loss: str = "val_loss") -> 
                 title="Tuning runs: loss against learning rate (dotted: chosen)")
     ax_loss.legend(fontsize=8)
     edge = ~best["interior"].astype(bool)
-    ax_rule.plot(best.loc[~edge, N_COLUMN], best.loc[~edge, "lr"], "o", color="black", label="best learning rate per size")
+    ax_rule.scatter(best.loc[~edge, N_COLUMN], best.loc[~edge, "lr"], c=[colors[n] for n in best.loc[~edge, N_COLUMN]],
+                    edgecolors="black", zorder=3, label="best learning rate per size")
     if edge.any():
         ax_rule.plot(best.loc[edge, N_COLUMN], best.loc[edge, "lr"], "o", mfc="none", color="black",
                      label="at the grid's edge (widen [tune] lrs)")
