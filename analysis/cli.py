@@ -184,8 +184,10 @@ def _fit(args) -> str:
     if args.law == "kaplan" and args.approach:
         raise UsageError("--approach applies to --law chinchilla only")
     runs, history = _records(args.results_dir)
-    if args.law is None and (args.holdout_flops is not None or args.conventions):
+    if args.law is None and (args.holdout_flops is not None or args.conventions or args.approach):
         args.law = _law_of(runs)
+        if args.law == "kaplan" and args.approach:
+            raise UsageError("--approach applies to --law chinchilla only (these runs have no IsoFLOP budget)")
     if args.holdout_flops is not None:
         return _audit_text(runs, history, args)
     if args.conventions:

@@ -98,7 +98,7 @@ def test_table_command_prints_runs_and_fits(results, capsys):
     (["{empty}", "--law", "kaplan"], "no runs under"),
     (["{kaplan}", "--law", "chinchilla", "--approach", "2"], "flops_budget"),
     (["{kaplan}", "--law", "nope"], "invalid choice"),
-    (["{kaplan}"], "required: --law"),
+    (["{kaplan}", "--approach", "2"], "--approach applies to --law chinchilla only"),
     (["{kaplan}", "--law", "kaplan", "--approach", "2"], "chinchilla only"),
     (["{kaplan}", "--law", "kaplan", "--bootstrap", "-1"], "bootstrap"),
 ])
@@ -143,7 +143,7 @@ def test_table_command_compares_the_fitted_floor_and_locates_transitions(capsys)
     assert table_command([str(root / "synthetic"), "--bootstrap", "0"]) == 0
     out = capsys.readouterr().out
     truth = out.split("## Fits against the known answers")[1].split("##")[0]
-    assert "| E |" in truth and "1.8795" in truth and "val_loss_optimal" not in truth
+    assert "| E | 1.88 |" in truth and "val_loss_optimal" not in truth
     assert table_command([str(root / "emergence"), "--bootstrap", "0"]) == 0
     out = capsys.readouterr().out
     transitions = out.split("## Transitions")[1]

@@ -24,7 +24,7 @@ from conftest import REPO, tiny_sweep
 from scaling import records
 from scaling.sweep.reader import load_sweep
 
-SHIPPED_RUN = "L1-d16-t4e6-s0-c93cce49"  # the smallest run of the shipped kaplan sweep
+SHIPPED_RUN = "L1-d16-t4e6-s0-1e1faab3"  # the smallest size's longest run of the shipped kaplan sweep
 
 
 def scaling(*args, cwd, timeout=300, **kw):
@@ -40,9 +40,12 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture
 def shipped_copy(tmp_path) -> Path:
-    """A project folder holding the kaplan sweep file and one of its shipped, complete runs."""
+    """A project folder holding the kaplan sweep file, its saved learning-rate rule (it says
+    lr = "tuned") and one of its shipped, complete runs."""
     (tmp_path / "sweeps").mkdir()
     shutil.copy(REPO / "sweeps" / "kaplan.toml", tmp_path / "sweeps")
+    (tmp_path / "results" / "kaplan" / "tune").mkdir(parents=True)
+    shutil.copy(REPO / "results" / "kaplan" / "tune" / "lr_rule.json", tmp_path / "results" / "kaplan" / "tune")
     run = tmp_path / "results" / "kaplan" / "runs" / SHIPPED_RUN
     shutil.copytree(REPO / "results" / "kaplan" / "runs" / SHIPPED_RUN, run)
     return tmp_path
@@ -237,7 +240,8 @@ def test_damaged_records_are_skipped_with_one_warning_and_flagged(how, tmp_path,
     from analysis import RecordWarning, load_history, load_runs
     from scaling.cli import main
     results = tmp_path / "kaplan"
-    shutil.copytree(REPO / "results" / "kaplan" / "runs", results / "runs")
+    for shipped in (REPO / "results" / "kaplan" / "runs").glob("*-t4e6-s0-*"):  # each size's longest run: 6
+        shutil.copytree(shipped, results / "runs" / shipped.name)
     run = results / "runs" / SHIPPED_RUN
     _damage(run, how)
     phrase = DAMAGE[how]
@@ -270,7 +274,8 @@ def test_damaged_records_are_skipped_with_one_warning_and_flagged(how, tmp_path,
 
 def test_status_flags_a_run_without_its_config(tmp_path, capsys):
     from scaling.cli import main
-    shutil.copytree(REPO / "results" / "kaplan" / "runs", tmp_path / "runs")
+    for shipped in (REPO / "results" / "kaplan" / "runs").glob("*-t4e6-s0-*"):  # each size's longest run: 6
+        shutil.copytree(shipped, tmp_path / "runs" / shipped.name)
     (tmp_path / "runs" / SHIPPED_RUN / "config.json").unlink()
     assert main(["status", str(tmp_path)]) == 0
     out = capsys.readouterr().out
