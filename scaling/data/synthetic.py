@@ -42,14 +42,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from scaling.config import SyntheticConfig
-from scaling.data.splitcache import write_split
+from scaling.data.splitcache import open_generated
 
 SEPARATOR = 0
 VOCAB_SIZE = 256
@@ -286,29 +285,9 @@ def _key(config: SyntheticConfig) -> str:
 
 def open_synthetic(config: SyntheticConfig, cache: Path):
     """(train, val, content_hash, split_rule) memmaps, built into `cache` on first use."""
-    stem = cache / f"synthetic-{_key(config)}"
-    try:
-        manifest = json.loads(Path(f"{stem}.json").read_text())
-        sizes = (os.path.getsize(f"{stem}.train.bin"), os.path.getsize(f"{stem}.val.bin"))
-        if sizes != (manifest["n_train"], manifest["n_val"]):
-            manifest = None
-    except (OSError, ValueError, KeyError):
-        manifest = None
-    if manifest is None:
-        manifest = _build(config, stem)
-    train = np.memmap(f"{stem}.train.bin", dtype=np.uint8, mode="r")
-    val = np.memmap(f"{stem}.val.bin", dtype=np.uint8, mode="r")
-    return train, val, manifest["content_hash"], manifest["split_rule"]
-
-
-def _build(config: SyntheticConfig, stem: Path) -> dict:
-    process = build_process(config)
-    # Independent streams: train and val share the process, never a token position.
-    train = process.generate(config.train_tokens, stream_seed=1)
-    val = process.generate(config.val_tokens, stream_seed=2)
+    def generate():
+        process = build_process(config)
+        # Independent streams: train and val share the process, never a token position.
+        return process.generate(config.train_tokens, stream_seed=1), process.generate(config.val_tokens, stream_seed=2)
     split_rule = f"synthetic; independent train (stream 1) and val (stream 2) samples, seed {config.seed}"
-    digest = hashlib.sha256(f"{split_rule}|".encode() + train.tobytes() + b"|" + val.tobytes()).hexdigest()[:16]
-    manifest = {"format_version": _FORMAT_VERSION, "config": asdict(config), "content_hash": digest,
-                "split_rule": split_rule, "n_train": int(train.size), "n_val": int(val.size)}
-    write_split(stem, train, val, manifest)
-    return manifest
+    return open_generated(cache / f"synthetic-{_key(config)}", asdict(config), _FORMAT_VERSION, split_rule, generate)
