@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import json
 import math
 import signal
@@ -373,6 +374,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="scaling", description="Scaling-law experiment runner.")
+    p.add_argument("--version", action="version", version=f"scaling {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("sweep", help="train every run of a sweep file")
@@ -442,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-tokens", type=int, default=8192)
     b.set_defaults(func=cmd_bench)
 
-    for name, what in (("fit", "fit Kaplan or Chinchilla laws, with 95% intervals"),
+    for name, what in (("fit", "fit Kaplan or Chinchilla laws, with 95%% intervals"),
                        ("table", "a results folder's runs and laws as markdown, CSV or LaTeX"),
                        ("compare", "the compute multiplier of one sweep over another"),
                        ("reproduce", "how your records compare with reference records of the same runs")):
@@ -450,6 +452,13 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("rest", nargs=argparse.REMAINDER)
         a.set_defaults(func=lambda args, n=name: _analysis(f"{n}_command", args.rest))
     return p
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("scaling")
+    except importlib.metadata.PackageNotFoundError:  # a checkout on PYTHONPATH, not installed
+        return "unknown (not installed)"
 
 
 def _override_flags(parser) -> None:

@@ -103,3 +103,27 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     result = summaries(tmp_path / "out")
     assert result[broken.run_id]["status"] == "failed" and result[broken.run_id]["error"]
     assert result[sweep.runs[1].run_id]["status"] == "complete"
+
+
+def test_top_level_help_and_version(capsys):
+    """`scaling -h` lists every subcommand with its own sentence; `--version` names the package version."""
+    import importlib.metadata
+
+    import pytest
+
+    from scaling.cli import build_parser
+
+    parser = build_parser()
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["-h"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    sub = next(a for a in parser._actions if a.dest == "command")
+    sentences = [a.help for a in sub._choices_actions]
+    assert len(set(sentences)) == len(sentences) == len(sub.choices)
+    for name in sub.choices:
+        assert f"    {name} " in out
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"scaling {importlib.metadata.version('scaling')}"
