@@ -1,4 +1,4 @@
-"""`scaling` command line: sweep, tune, run, status, bench, fit, table, compare.
+"""`scaling` command line: sweep, tune, run, status, bench, fit, table, compare, reproduce, report.
 
 User mistakes print one line on stderr and exit with status 2; no tracebacks.
 """
@@ -360,6 +360,9 @@ def _analysis(name: str, argv: list[str]) -> int:
     if name == "reproduce_command":
         from analysis.reproduce import reproduce_command
         return reproduce_command(argv)
+    if name == "report_command":
+        from analysis.report import report_command
+        return report_command(argv)
     from analysis import cli  # pandas and matplotlib: only for the analysis commands
     return getattr(cli, name)(argv)
 
@@ -447,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (("fit", "fit Kaplan or Chinchilla laws, with 95%% intervals"),
                        ("table", "a results folder's runs and laws as markdown, CSV or LaTeX"),
                        ("compare", "the compute multiplier of one sweep over another"),
-                       ("reproduce", "how your records compare with reference records of the same runs")):
+                       ("reproduce", "how your records compare with reference records of the same runs"),
+                       ("report", "one self-contained HTML page of a sweep: runs, fits, figures, provenance")):
         a = sub.add_parser(name, help=f"{what} (see `scaling {name} -h`)", add_help=False)
         a.add_argument("rest", nargs=argparse.REMAINDER)
         a.set_defaults(func=lambda args, n=name: _analysis(f"{n}_command", args.rest))
