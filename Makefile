@@ -35,8 +35,9 @@ test: setup             ## the fast test suite (what CI runs)
 test-all: setup         ## including tests marked slow
 	$(BIN)/python -m pytest -m ''
 
-plots: setup            ## regenerate every figure of every results/<sweep>/
+plots: setup            ## regenerate every figure of every results/<sweep>/, then its report.html
 	$(BIN)/python -m analysis.make_plots results
+	$(BIN)/scaling report results
 
 bench: setup            ## tokens/s and MFU on this machine
 	$(BIN)/scaling bench

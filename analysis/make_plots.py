@@ -16,9 +16,6 @@ the figures its records support are written to `<sweep>/figures/` as PNG and PDF
     confidence                           runs that record val_entropy and val_ece, at 2+ model sizes
     reliability                          runs with calibration tables (calibration.parquet)
 
-and then `<sweep>/report.html` (analysis.report): the runs, fits, transitions, these figures and the
-runs' provenance on one self-contained page.
-
 From records only, deterministically: fixed bootstrap seeds, the Agg backend, and no dates in the
 files' metadata. A figure the data cannot support is skipped with one line on stderr.
 """
@@ -46,7 +43,6 @@ from analysis.fit_result import DEFAULT_BOOTSTRAP  # noqa: E402
 from analysis.grid_figures import kaplan_grid  # noqa: E402
 from analysis.kaplan import fit_kaplan  # noqa: E402
 from analysis.records import load_history, load_runs, one_line_warnings  # noqa: E402
-from analysis.report import write_report  # noqa: E402
 from analysis.tuning import RULE_FILE, tuning_figure  # noqa: E402
 
 PNG_DPI = 150
@@ -180,10 +176,6 @@ def main(argv: list[str] | None = None) -> int:
         for sweep_dir in sweep_dirs(root):
             for path in sweep_figures(sweep_dir, bootstrap=args.bootstrap):
                 print(path)
-            try:
-                print(write_report(sweep_dir, bootstrap=args.bootstrap))
-            except ValueError as exc:  # no runs: the figures' own line said so
-                print(f"{sweep_dir}: no report: {' '.join(str(exc).split())}", file=sys.stderr)
     return 0
 
 

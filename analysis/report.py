@@ -1,6 +1,7 @@
 """`scaling report RESULTS_DIR`: one self-contained HTML page of a sweep, to open or share.
 
     scaling report results/kaplan [--bootstrap N] [--output PATH]    # writes results/kaplan/report.html
+    scaling report results                                          # a report in every results/<sweep>/
 
 The page holds what `scaling table` prints (the runs, every fit with its 95% interval, the fits
 against known answers, the emergence transitions), every figure of `<sweep>/figures/` (what
@@ -28,6 +29,7 @@ from analysis import tables
 from analysis.cli import UsageError, _fragile, _one_line, _sweep_fits
 from analysis.emergence import probe_tasks, transitions
 from analysis.fit_result import DEFAULT_BOOTSTRAP
+from analysis.make_plots import sweep_dirs, sweep_figures
 from analysis.records import load_history, load_runs, one_line_warnings
 from analysis.truth import compare_with_truth
 
@@ -198,24 +200,29 @@ class _Parser(argparse.ArgumentParser):
 def report_command(argv: list[str]) -> int:
     parser = _Parser(prog="scaling report", description="Write one self-contained HTML page of a sweep: its runs, "
                                                         "fits with intervals, transitions, figures and provenance.")
-    parser.add_argument("results_dir", help="one sweep's results folder (results/<sweep>)")
+    parser.add_argument("results_dir", help="a sweep's results folder (results/<sweep>), or a parent of several "
+                                            "(a report in each)")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP,
                         help=f"bootstrap replicates for the fits' 95%% intervals (default {DEFAULT_BOOTSTRAP})")
-    parser.add_argument("--output", "-o", metavar="PATH", help=f"where to write it (default RESULTS_DIR/{REPORT_FILE})")
+    parser.add_argument("--output", "-o", metavar="PATH",
+                        help=f"where to write it (default RESULTS_DIR/{REPORT_FILE}; one sweep only)")
     with one_line_warnings():
         try:
             args = parser.parse_args(argv)
             if args.bootstrap < 0:
                 raise UsageError(f"--bootstrap must be >= 0, got {args.bootstrap}")
-            folder = Path(args.results_dir)
-            if not folder.is_dir():
-                raise UsageError(f"no results folder at {folder}")
-            if load_runs(folder).empty:
-                raise UsageError(f"no runs under {folder} (expected {folder}/runs/<run_id>/summary.parquet)")
-            if not any((folder / "figures").glob("*.png")):
-                from analysis.make_plots import sweep_figures  # draws with matplotlib: only when needed
-                sweep_figures(folder, bootstrap=args.bootstrap)
-            print(write_report(folder, args.bootstrap, args.output))
+            root = Path(args.results_dir)
+            if not root.is_dir():
+                raise UsageError(f"no results folder at {root}")
+            folders = [folder for folder in sweep_dirs(root) if not load_runs(folder).empty]
+            if not folders:
+                raise UsageError(f"no runs under {root} (expected {root}/runs/<run_id>/summary.parquet)")
+            if args.output and len(folders) > 1:
+                raise UsageError(f"--output names one file, and {root} holds {len(folders)} sweeps")
+            for folder in folders:
+                if not any((folder / "figures").glob("*.png")):  # a sweep of one's own: its figures first
+                    sweep_figures(folder, bootstrap=args.bootstrap)
+                print(write_report(folder, args.bootstrap, args.output))
         except SystemExit as exc:  # --help
             return int(exc.code or 0)
         except (UsageError, ValueError, FileNotFoundError, OSError) as exc:

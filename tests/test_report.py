@@ -83,6 +83,13 @@ def test_report_command_writes_the_page_and_refuses_a_missing_folder(sweep, tmp_
     assert main(["report", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no results folder at" in err
+    parent = tmp_path / "results"
+    for name in ("one", "two"):
+        write_records(kaplan_records(KaplanLaw(), n_params_nonembed=[1e5, 1e6], tokens=[1e9], n_evals=3), parent,
+                      sweep=name)
+        shutil.copytree(sweep / "figures", parent / name / "figures")
+    assert main(["report", str(parent), "--bootstrap", "0"]) == 0
+    assert capsys.readouterr().out.split() == [str(parent / name / "report.html") for name in ("one", "two")]
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err
