@@ -63,15 +63,24 @@ def summary_line(table: pd.DataFrame, n_mine: int, n_reference: int) -> str:
     return text
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit status 2 (argparse's own prints the usage too)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def reproduce_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="scaling reproduce", description="How a sweep's records compare with "
-                                     "reference records of the same runs: bitwise, or within how much.")
+    parser = _Parser(prog="scaling reproduce", description="How a sweep's records compare with "
+                     "reference records of the same runs: bitwise, or within how much.")
     parser.add_argument("mine", help="your results folder (e.g. my-results/kaplan)")
     parser.add_argument("reference", help="the reference results folder (e.g. results/kaplan)")
     args = parser.parse_args(argv)
     frames = []
     for folder in (args.mine, args.reference):
-        history = load_history(folder)
+        try:
+            history = load_history(folder)
+        except FileNotFoundError as exc:
+            print(f"scaling reproduce: error: {exc}", file=sys.stderr)
+            return 2
         if history.empty:
             print(f"scaling reproduce: error: no run records under {folder}", file=sys.stderr)
             return 2

@@ -24,6 +24,7 @@ from scaling import records
 from scaling.config import LAUNCHERS, ConfigError, ConfigValueError
 from scaling.launch import jobfile
 from scaling.launch.display import RunProgress as _RunProgress, plan_table
+from scaling.launch.eta import EtaFile, format_seconds, published_eta
 from scaling.launch.distributed import DistributedError, check_flags
 from scaling.launch.jobfile import check_writable
 from scaling.launch.local import run_local
@@ -34,6 +35,12 @@ from scaling.sweep.reader import check_devices, load_sweep
 from scaling.sweep.tuning import beyond_edges, n_params, read_rule, tune_dir, tune_runs
 
 USAGE_ERROR = 2
+# Commands of the analysis package, which parses their arguments itself (main hands them over whole).
+ANALYSIS_COMMANDS = {"fit": "fit Kaplan or Chinchilla laws, with 95%% intervals",
+                     "table": "a results folder's runs and laws as markdown, CSV or LaTeX",
+                     "compare": "the compute multiplier of one sweep over another",
+                     "reproduce": "how your records compare with reference records of the same runs",
+                     "report": "one self-contained HTML page of a sweep: runs, fits, figures, provenance"}
 
 
 def _fail(message: str) -> int:
@@ -142,7 +149,11 @@ def _sweep_once(args, sweep=None, runs=None):
         elif launcher == "ray":
             report = run_ray(sweep, runs, max_parallel=args.max_parallel, quiet=args.quiet)
         else:
-            report = run_local(sweep, runs, max_parallel=args.max_parallel, quiet=args.quiet)
+            eta_file = EtaFile(sweep.out_dir)  # for `scaling status` in another shell
+            try:
+                report = run_local(sweep, runs, max_parallel=args.max_parallel, quiet=args.quiet, on_eta=eta_file)
+            finally:
+                eta_file.close()
     except LaunchError as e:
         return _fail(str(e)), sweep, runs
     if report.stopped_by:
@@ -304,6 +315,8 @@ def cmd_status(args) -> int:
         root, planned = Path(sweep.out_dir), [base_row(spec) for spec in sweep.runs]
         summaries = [p for r in planned if (p := records.run_dir(root, r["run_id"]) / "summary.parquet").exists()]
     else:
+        if not root.is_dir():
+            return _fail(f"no results folder at {root} (give a results folder or a sweep file)")
         summaries = sorted(root.glob("runs/*/summary.parquet")) or sorted(root.glob("*/runs/*/summary.parquet"))
         if not summaries:
             return _fail(f"{root}: no runs found (expected {root}/runs/<run_id>/summary.parquet, or a sweep file)")
@@ -339,8 +352,19 @@ def cmd_status(args) -> int:
                           "", "pending", "", "", "", "")
     console = _console()
     console.print(table)
-    console.print(", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    console.print(", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + _eta_note(root, counts))
     return 0
+
+
+def _eta_note(root: Path, counts: dict) -> str:
+    """The ETA that a running local sweep publishes (scaling/launch/eta.py), where one runs."""
+    if not counts.get("running"):
+        return ""
+    eta = published_eta(root)
+    if eta is None:
+        return "; ETA unknown (only a local sweep publishes one)"
+    remaining, age = eta
+    return f"; ETA {format_seconds(remaining)} (the sweep's estimate of {format_seconds(age)} ago)"
 
 
 def _lock_is_free(run_path: Path) -> bool:
@@ -380,7 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"scaling {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("sweep", help="train every run of a sweep file")
+    s = sub.add_parser("sweep", help="train every run of a sweep file",
+                       description="Train every run of a sweep file that is not complete yet (tuning the learning "
+                                   "rate first where it asks, then the replicas it names); each run writes its "
+                                   "records to <out_dir>/runs/<run_id>/.")
     s.add_argument("sweep", help="sweep file (TOML)")
     s.add_argument("--dry-run", action="store_true", help="list the runs (shape, N, D, FLOPs, estimated time)")
     s.add_argument("--only", action="append", metavar="PATTERN",
@@ -436,22 +463,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "jax.distributed.initialize() with JAX's own detection (TPU pods, Open MPI); off: one process")
     r.set_defaults(func=cmd_run)
 
-    st = sub.add_parser("status", help="a table of a results folder's runs, or of every run of a sweep file")
+    st = sub.add_parser("status", help="a table of a results folder's runs, or of every run of a sweep file",
+                        description="Show each run's status, step, loss and speed, from a results folder or for "
+                                    "every run of a sweep file (pending ones too), and the ETA of a running sweep.")
     st.add_argument("results", help="a results folder (results/<sweep>) or a sweep file")
     _override_flags(st)
     st.set_defaults(func=cmd_status)
 
-    b = sub.add_parser("bench", help="tokens/s and MFU of a few model sizes on this machine")
+    b = sub.add_parser("bench", help="tokens/s and MFU of a few model sizes on this machine",
+                       description="Time the training step of a few model sizes on this machine's devices and "
+                                   "print tokens/s and MFU against the devices' peak FLOP/s.")
     b.add_argument("--steps", type=int, default=20)
     b.add_argument("--seq-len", type=int, default=128)
     b.add_argument("--batch-tokens", type=int, default=8192)
     b.set_defaults(func=cmd_bench)
 
-    for name, what in (("fit", "fit Kaplan or Chinchilla laws, with 95%% intervals"),
-                       ("table", "a results folder's runs and laws as markdown, CSV or LaTeX"),
-                       ("compare", "the compute multiplier of one sweep over another"),
-                       ("reproduce", "how your records compare with reference records of the same runs"),
-                       ("report", "one self-contained HTML page of a sweep: runs, fits, figures, provenance")):
+    for name, what in ANALYSIS_COMMANDS.items():
         a = sub.add_parser(name, help=f"{what} (see `scaling {name} -h`)", add_help=False)
         a.add_argument("rest", nargs=argparse.REMAINDER)
         a.set_defaults(func=lambda args, n=name: _analysis(f"{n}_command", args.rest))
@@ -495,6 +522,9 @@ def _positive_float(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ANALYSIS_COMMANDS:  # argparse's REMAINDER would refuse a leading -h
+        return _analysis(f"{argv[0]}_command", argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

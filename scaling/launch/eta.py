@@ -15,22 +15,33 @@ observed step times of every run so far (each run's own tokens/s), startup from 
 p from finished runs' walls; until a quantity is observed, a prior stands in. The remaining time is
 then a simulation of the launcher's own schedule: runs in queue order onto `workers` slots, each slot
 first finishing its active run.
+
+A running local sweep publishes its latest estimate in `<out_dir>/eta.json` (`EtaFile`), so that
+`scaling status` in another shell shows it (`published_eta`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
+import socket
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from scaling import records
 from scaling.config import RunSpec
 from scaling.flops import training_flops_per_token
 
 PRIOR_STARTUP_S = 8.0  # a fresh process: imports, data, compile (or a cache hit)
 PRIOR_STEP_OVERHEAD_S = 2e-3
 PRIOR_EVAL_OVERHEAD_S = 0.3
+ETA_FILE = "eta.json"
+PUBLISH_EVERY_S = 5.0  # a status reader needs no finer grain, and the results folder may be on NFS
 
 
 @dataclass(frozen=True)
@@ -176,3 +187,51 @@ def format_seconds(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class EtaFile:
+    """The sweep's ETA, published for `scaling status`: an `on_eta(elapsed_s, remaining_s)` callback
+    for the launcher (scaling/launch/local.py) that rewrites `<out_dir>/eta.json` at most every
+    PUBLISH_EVERY_S seconds; `close()` removes it when the sweep ends. Writing is best-effort: a
+    results folder that refuses the file costs the status its ETA, never the sweep."""
+
+    def __init__(self, out_dir: str | Path, clock=time.time):
+        self.path, self.clock, self._written_at = Path(out_dir) / ETA_FILE, clock, -math.inf
+
+    def __call__(self, elapsed_s: float, remaining_s: float) -> None:
+        now = self.clock()
+        if now - self._written_at < PUBLISH_EVERY_S:
+            return
+        self._written_at = now
+        try:
+            records.write_json(self.path, {"remaining_seconds": remaining_s, "written_at": now,
+                                           "host": socket.gethostname(), "pid": os.getpid()})
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def published_eta(out_dir: str | Path, now: float | None = None) -> tuple[float, float] | None:
+    """(seconds left now, age of the estimate in seconds) from a running sweep's eta.json; None
+    where there is none, it is unreadable, or the process that wrote it no longer runs (same host)."""
+    try:
+        eta = json.loads((Path(out_dir) / ETA_FILE).read_text())
+        remaining, written_at = float(eta["remaining_seconds"]), float(eta["written_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if eta.get("host") == socket.gethostname() and not _alive(eta.get("pid")):
+        return None
+    age = max((time.time() if now is None else now) - written_at, 0.0)
+    return max(remaining - age, 0.0), age
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
