@@ -17,12 +17,10 @@ import argparse
 import base64
 import html
 import json
-import math
 import sys
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from analysis import tables
@@ -170,22 +168,12 @@ def html_table(frame: pd.DataFrame) -> str:
     head = "".join(f"<th>{_e(c)}</th>" for c in frame.columns)
     rows = []
     for row in frame.itertuples(index=False):
-        cells = "".join(f"<td class=\"num\">{_e(_cell(v))}</td>" if n else f"<td>{_e(_cell(v))}</td>"
-                        for v, n in zip(row, numeric))
+        cells = "".join(f"<td{NUM if n else ''}>{_e(tables.cell_text(v, 'html'))}</td>" for v, n in zip(row, numeric))
         rows.append(f"<tr>{cells}</tr>")
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>"
 
 
-def _cell(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        return tables.number_text(float(value), "md")
-    return "" if value is pd.NA else str(value)
+NUM = ' class="num"'  # right-aligned numeric cells
 
 
 def _e(text) -> str:

@@ -70,7 +70,7 @@ def render(frame: pd.DataFrame, format: str = "md", preformatted=()) -> str:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     if format == "csv":
         return frame.to_csv(index=False)
-    cells = [[_cell(v, format) if c not in preformatted else str(v) for c, v in zip(frame.columns, row)]
+    cells = [[cell_text(v, format) if c not in preformatted else str(v) for c, v in zip(frame.columns, row)]
              for row in frame.itertuples(index=False)]
     numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
     if format == "md":
@@ -85,8 +85,9 @@ def render(frame: pd.DataFrame, format: str = "md", preformatted=()) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cell(value, format: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def cell_text(value, format: str) -> str:
+    """One cell as a table of `format` ("md", "latex", or "html": raw text, escaped by the page) shows it."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value))
@@ -95,6 +96,8 @@ def _cell(value, format: str) -> str:
     if isinstance(value, (float, np.floating)):
         return number_text(float(value), format)
     text = str(value)
+    if format == "html":
+        return text
     return _latex_escape(text) if format == "latex" else text.replace("|", "\\|")
 
 
