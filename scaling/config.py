@@ -50,6 +50,7 @@ ATTENTION = ("xla", "dot_product_attention")
 SOURCES = ("stdlib", "text", "tokens", "synthetic", "facts")
 LAUNCHERS = ("local", "slurm", "ray")
 GRIDS = ("kaplan", "isoflop")
+TRACKERS = ("none", "wandb")  # [sweep] tracker: where evaluation rows go besides parquet
 
 # Upper bounds on settings that the parent or a run allocates for before training starts, so that
 # a typo (1e9 for 1e3) is refused up front instead of exhausting memory. Each is far above what a
@@ -411,7 +412,8 @@ class RayConfig:
 
 # Fields that do not enter run_id: how a run executes, or where its settings came from, not what it computes.
 _EXECUTION_ONLY = {"mesh", "sweep", "train.micro_batch", "train.checkpoint_every", "train.keep_checkpoints",
-                   "train.attention", "data.base_dir", "lr_source", "stage", "overrides"}
+                   "train.attention", "data.base_dir", "lr_source", "stage", "overrides", "tracker",
+                   "tracker_project"}
 # Optional instruments, hashed only when set: a sweep without them keeps the run ids it had before
 # they existed.
 _HASHED_WHEN_SET = {"data.synthetic", "data.facts", "data.tasks", "sampling", "optim.warmup_steps",
@@ -433,13 +435,16 @@ class RunSpec:
     lr_source: str = "fixed"  # optim.lr as the sweep file gives it, or "tuned": from `scaling tune`'s rule
     stage: str = "main"  # or "tune": a learning-rate tuning run, never in a grid's fits
     overrides: tuple[str, ...] = ()  # the command line's `--set KEY=VALUE`s (recorded; the values they set are hashed)
+    tracker: str = "none"  # [sweep] tracker: evaluation rows also go there (scaling/training/tracker.py)
+    tracker_project: str = "scaling"
 
     def __post_init__(self):
         check(self, sweep=text(), grid=choice(GRIDS), model=instance(ModelConfig), data=instance(DataConfig),
               optim=instance(OptimConfig), train=instance(TrainConfig), mesh=instance(MeshConfig),
               seed=integer(ge=0), flops_budget=number(gt=0, optional=True),
               sampling=instance(SamplingConfig, optional=True), lr_source=choice(("fixed", "tuned")),
-              stage=choice(("main", "tune")), overrides=strings("expected KEY=VALUE strings"))
+              stage=choice(("main", "tune")), overrides=strings("expected KEY=VALUE strings"),
+              tracker=choice(TRACKERS), tracker_project=text("expected a project name"))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -79,9 +79,9 @@ def text(blank: str | None = None, *, optional=False):
 
 def choice(options: tuple[str, ...]):
     def rule(value):
-        if not isinstance(value, str):
-            return f"expected a string, got {value!r}"
-        return None if value in options else f"expected one of {', '.join(options)}, got {value!r}"
+        if isinstance(value, str) and value in options:
+            return None
+        return f"expected one of {', '.join(options)}, got {value!r}"
     return rule
 
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scaling.config import (
-    LAUNCHERS, ConfigError, ConfigValueError, DataConfig, MeshConfig, MeshError, OptimConfig, RayConfig, RunSpec,
-    SlurmConfig, TrainConfig,
+    LAUNCHERS, TRACKERS, ConfigError, ConfigValueError, DataConfig, MeshConfig, MeshError, OptimConfig, RayConfig,
+    RunSpec, SlurmConfig, TrainConfig,
 )
 from scaling.config_checks import check, choice, entries, field_default, field_types, flag, instance, integer, text
 from scaling.sweep.grids import BYTE_VOCAB, ShapeRule, grid_points
@@ -54,6 +54,10 @@ class SweepConfig:
     lr_tuned: bool = False
     # [replicate] (scaling/sweep/replicate.py): more seeds at chosen runs, or at each budget's minimum.
     replicate: ReplicateConfig | None = None
+    # Evaluation rows also go to an experiment tracker (scaling/training/tracker.py); every run's spec
+    # carries it, outside its run_id.
+    tracker: str = "none"
+    tracker_project: str = "scaling"
 
     def __post_init__(self):
         check(self, name=text())
@@ -64,7 +68,8 @@ class SweepConfig:
         check(self, path=text(), out_dir=text("expected a non-empty folder"), runs=entries(instance(RunSpec)),
               launcher=choice(LAUNCHERS), max_parallel=integer(ge=1), branch=flag, slurm=instance(SlurmConfig),
               ray=instance(RayConfig), pack=flag, pack_size=integer(ge=1), tune=instance(TuneConfig, optional=True),
-              lr_tuned=flag, replicate=instance(ReplicateConfig, optional=True))
+              lr_tuned=flag, replicate=instance(ReplicateConfig, optional=True), tracker=choice(TRACKERS),
+              tracker_project=text("expected a project name"))
         if self.branch and self.pack:
             raise ConfigValueError("branch", "not both branch = true and [sweep] pack = true (a packed trunk writes "
                                    "no branch seeds): choose one")
@@ -121,7 +126,8 @@ def load_sweep(path: str | Path, *, device_count: int | None = None, for_tuning:
     if not grids:
         raise ConfigError(root.file, "grid", "the sweep has no runs: add a [grid] table (models x tokens) or an "
                           "[isoflop] table")
-    shared = dict(sweep=sweep.values["name"], data=data, mesh=mesh, sampling=sampling)
+    shared = dict(sweep=sweep.values["name"], data=data, mesh=mesh, sampling=sampling,
+                  **{k: sweep.values[k] for k in ("tracker", "tracker_project") if k in sweep.values})
     runs = _runs(root.file, shared, optim, train, grids, axes, seeds)
     if overrides:
         runs = tuple(dataclasses.replace(spec, overrides=overrides) for spec in runs)
@@ -216,7 +222,8 @@ def _base_dir(path: Path) -> str:
 
 def _sweep_settings(table: Table, path: Path) -> tuple[Settings, list[int]]:
     """[sweep]: the SweepConfig's own keys (checked now: the name names every run), and the seeds."""
-    settings = table.values(SweepConfig, ("name", "out_dir", "launcher", "max_parallel", "pack", "pack_size"))
+    settings = table.values(SweepConfig, ("name", "out_dir", "launcher", "max_parallel", "pack", "pack_size",
+                                             "tracker", "tracker_project"))
     name = settings.values.setdefault("name", path.stem)
     settings.values.setdefault("out_dir", f"results/{name}")
     table.used.add("seeds")

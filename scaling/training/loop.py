@@ -35,6 +35,7 @@ from scaling.training.checkpoint import CheckpointError, Checkpoints
 from scaling.training.pack import PackError, build_packed_program, check_packable
 from scaling.training.runlog import RunContext, RunLog, Throughput, rows_until
 from scaling.training.seeding import Seeder
+from scaling.training.tracker import open_tracker
 
 
 class Halt(Exception):
@@ -100,7 +101,11 @@ class Member:
         return step, state
 
     def start(self, step: int) -> None:
-        """The summary says `running` from the start (a resumed run's says so already)."""
+        """The summary says `running` from the start (a resumed run's says so already); the tracker
+        opens and gets the rows the run resumed with."""
+        self.log.tracker = open_tracker(self.spec, writer=self.log.writer)
+        for row in self.log.history:
+            self.log.tracker.log(row)
         if self.seeded and self.log.history:
             self.log.write("running", self.log.history[-1])
         else:
@@ -153,6 +158,7 @@ class Loop:
             for mb in self.members:
                 if mb.result is None:
                     mb.ckpt.close()
+                mb.log.tracker.finish((mb.result or {}).get("status", "failed"))
 
     # -- setting up ------------------------------------------------------------------------------
 

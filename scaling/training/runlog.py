@@ -22,6 +22,7 @@ from scaling.science import probes, sampling
 from scaling.science.metrics import reliability_table
 from scaling.training import sharding as shd, step as tr
 from scaling.training.checkpoint import CheckpointError
+from scaling.training.tracker import Tracker
 
 
 def _versions() -> dict:
@@ -167,6 +168,7 @@ class RunLog:
         self.calibration: list[dict] = []  # the reliability table of every evaluation (15 confidence bins)
         self.losses_since_eval: list[float] = []
         self.wall_offset = 0.0  # wall seconds of the run before this process took it up
+        self.tracker = Tracker()  # where the history rows also go ([sweep] tracker); set by the loop
 
     @property
     def history_path(self) -> Path:
@@ -211,6 +213,7 @@ class RunLog:
         r = self.row(step=step, train_loss=float(np.mean(self.losses_since_eval)), lr=float(self.schedule(step - 1)),
                      **values)
         self.history.append(r)
+        self.tracker.log(r)
         self.calibration.extend({"run_id": self.spec.run_id, "step": step, "tokens": r["tokens"], **b}
                                 for b in reliability_table(bins))
         self.losses_since_eval.clear()
@@ -233,6 +236,7 @@ class RunLog:
                        lr=float(self.schedule(step - 1)), grad_norm=math.nan, wall_seconds=self.wall(),
                        tokens_per_second=math.nan, mfu=math.nan)
         self.history.append(bad)
+        self.tracker.log(bad)
         self.write("diverged", bad, message)
         return {**bad, "status": "diverged", "error": message}
 
