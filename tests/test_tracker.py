@@ -15,7 +15,7 @@ from scaling import records
 from scaling.config import ConfigError
 from scaling.sweep.reader import load_sweep
 from scaling.training import tracker as tracker_mod
-from scaling.training.run import run_pack_and_record, train_run
+from scaling.training.run import Halt, run_pack_and_record, train_run
 
 # Two runs (seeds 0 and 1) of one shape: 12 steps of 8 sequences, evaluations at steps 1, 3 and 12.
 SWEEP = """
@@ -52,7 +52,10 @@ def offline(tmp_path, monkeypatch):
                        "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"),
                        "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config")}.items():
         monkeypatch.setenv(key, value)
-    return folder / "wandb"
+    wandb = pytest.importorskip("wandb", reason="the wandb extra is not installed (pip install -e '.[wandb]')")
+    wandb.teardown()  # W&B reads its environment once per process: again, with these settings
+    yield folder / "wandb"
+    wandb.teardown()
 
 
 def wandb_records(path):
@@ -82,7 +85,16 @@ def wandb_records(path):
 def offline_runs(root):
     """{W&B run name: (its run record, its history rows as {key: value})} of every offline run under `root`."""
     out = {}
-    for path in sorted(root.glob("offline-run-*/run-*.wandb")):
+    for run, rows in offline_run_list(root):
+        assert run.display_name not in out
+        out[run.display_name] = (run, rows)
+    return out
+
+
+def offline_run_list(root):
+    """(run record, history rows) of every offline run under `root`, in the order they started."""
+    out = []
+    for path in root.glob("offline-run-*/run-*.wandb"):
         run, rows = None, []
         for r in wandb_records(path):
             kind = r.WhichOneof("record_type")
@@ -90,13 +102,12 @@ def offline_runs(root):
                 run = r.run
             elif kind == "history":
                 rows.append({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in r.history.item})
-        assert run is not None and run.display_name not in out
-        out[run.display_name] = (run, rows)
-    return out
+        assert run is not None
+        out.append((run, rows))
+    return sorted(out, key=lambda entry: entry[0].start_time.ToNanoseconds())
 
 
 def test_a_tracked_pack_logs_every_evaluation_row_of_each_run_to_its_own_offline_run(tmp_path, offline):
-    pytest.importorskip("wandb", reason="the wandb extra is not installed (pip install -e '.[wandb]')")
     sweep = load_sweep(sweep_file(tmp_path, 'tracker = "wandb"\ntracker_project = "tiny-test"'))
     assert len(sweep.runs) == 2 and all(s.tracker == "wandb" for s in sweep.runs)
     with warnings.catch_warnings():
@@ -118,6 +129,18 @@ def test_a_tracked_pack_logs_every_evaluation_row_of_each_run_to_its_own_offline
             for column in ("val_loss", "train_loss", "lr", "tokens", "flops"):
                 assert row[column] == pytest.approx(expected[column], rel=1e-6), column
             assert "run_id" not in row and "status" not in row  # numeric columns only
+
+
+def test_a_resumed_run_sends_its_earlier_rows_again_to_a_new_run_of_the_same_name(tmp_path, offline):
+    spec = load_sweep(sweep_file(tmp_path, 'tracker = "wandb"')).runs[0]
+    with pytest.raises(Halt):
+        train_run(spec, tmp_path / "out", halt_at=3)  # killed after the checkpoint of step 3
+    assert train_run(spec, tmp_path / "out")["status"] == "complete"
+    (first, before), (second, after) = offline_run_list(offline)
+    assert first.display_name == second.display_name == spec.run_id
+    assert [r["_step"] for r in before] == [1, 3] and [r["_step"] for r in after] == [1, 3, 12]
+    history = pq.read_table(records.run_dir(tmp_path / "out", spec.run_id) / "history.parquet").to_pandas()
+    assert [r["val_loss"] for r in after] == pytest.approx(history["val_loss"].tolist(), rel=1e-6)
 
 
 def test_the_tracker_does_not_enter_run_ids(tmp_path):
