@@ -27,7 +27,7 @@ from analysis.comparison import compare
 from analysis.emergence import probe_tasks, transitions
 from analysis.fit_result import DEFAULT_BOOTSTRAP, Fit
 from analysis.kaplan import fit_kaplan
-from analysis.truth import compare_with_truth
+from analysis.truth import compare_with_truth, has_known_floor
 from analysis.conventions import fit_conventions, side_by_side
 from analysis.records import load_history, load_runs, one_line_warnings
 
@@ -125,7 +125,10 @@ def _fits_for(law: str, runs: pd.DataFrame, history: pd.DataFrame, approaches, b
     support them; one asked for by name that fails raises."""
     curves = history if not history.empty else runs
     if law == "kaplan":
-        return list(fit_kaplan(curves, bootstrap=bootstrap).values())
+        fits = list(fit_kaplan(curves, bootstrap=bootstrap).values())
+        if has_known_floor(runs):  # a known-answer source: the law with an irreducible term too
+            fits.append(fit_chinchilla(runs, approach=3, bootstrap=bootstrap))
+        return fits
     fits, errors = [], []
     for approach in approaches or (1, 2, 3):
         try:

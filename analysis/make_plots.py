@@ -15,6 +15,12 @@ the figures its records support are written to `<sweep>/figures/` as PNG and PDF
     emergence_<task>                     runs with probe columns (probe/<task>/<metric>), one per task
     confidence                           runs that record val_entropy and val_ece, at 2+ model sizes
     reliability                          runs with calibration tables (calibration.parquet)
+    truth                                runs on a source whose answers are known (val_loss_optimal):
+                                         every fitted E and exponent against its truth
+                                         (analysis.truth; a Kaplan grid is also fitted by approach 3)
+
+and, where two or more sweeps know their answers, RESULTS_ROOT/figures/known_answers: all of them
+in one figure (do the fitted exponents move with the true ones?).
 
 From records only, deterministically: fixed bootstrap seeds, the Agg backend, and no dates in the
 files' metadata. A figure the data cannot support is skipped with one line on stderr.
@@ -43,6 +49,8 @@ from analysis.fit_result import DEFAULT_BOOTSTRAP  # noqa: E402
 from analysis.grid_figures import kaplan_grid  # noqa: E402
 from analysis.kaplan import fit_kaplan  # noqa: E402
 from analysis.records import load_history, load_runs, one_line_warnings  # noqa: E402
+from analysis.truth import compare_with_truth, has_known_floor  # noqa: E402
+from analysis.truth_figures import truth_figure  # noqa: E402
 from analysis.tuning import RULE_FILE, tuning_figure  # noqa: E402
 
 PNG_DPI = 150
@@ -66,8 +74,10 @@ def save(fig, folder: Path, name: str) -> list[Path]:
     return [png, pdf]
 
 
-def sweep_figures(sweep_dir: Path, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> list[Path]:
-    """Write every figure the sweep's records support; returns the files written."""
+def sweep_figures(sweep_dir: Path, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0,
+                  truths: list[pd.DataFrame] | None = None) -> list[Path]:
+    """Write every figure the sweep's records support; returns the files written. A sweep whose
+    answers are known appends its analysis.truth table (with a `sweep` column) to `truths`."""
     runs, history = (_main_stage(f) for f in (load_runs(sweep_dir), load_history(sweep_dir)))
     out = sweep_dir / "figures"
     written: list[Path] = []
@@ -107,6 +117,10 @@ def sweep_figures(sweep_dir: Path, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int
         attempt("kaplan_grid", lambda: kaplan_grid(kaplan_curves, kaplan_fits()))
         attempt("kaplan_audit", lambda: plots.audit_figure(*audit_with_fit(kaplan_curves, law="kaplan",
                                                                            bootstrap=bootstrap, seed=seed)))
+        if has_known_floor(runs):
+            kaplan_runs = runs.loc[runs["run_id"].isin(kaplan_ids)]
+            attempt("truth", lambda: _truth(sweep_dir, kaplan_runs, truths, [
+                *kaplan_fits().values(), fit_chinchilla(kaplan_runs, approach=3, bootstrap=bootstrap, seed=seed)]))
 
     iso_ids = runs.loc[_isoflop_mask(runs), "run_id"]
     if len(iso_ids):
@@ -128,6 +142,8 @@ def sweep_figures(sweep_dir: Path, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int
                                                                                bootstrap=bootstrap, seed=seed)))
         if 3 in fits:
             attempt("chinchilla_e_profile", lambda: plots.e_profile_figure(fits[3]))
+        if fits and has_known_floor(iso_runs):
+            attempt("truth", lambda: _truth(sweep_dir, iso_runs, truths, list(fits.values())))
 
     for task in probe_tasks(curves):
         attempt(f"emergence_{task}", lambda task=task: plots.emergence_figure(curves, task))
@@ -139,6 +155,13 @@ def sweep_figures(sweep_dir: Path, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int
     if not calibration.empty:
         attempt("reliability", lambda: plots.reliability_figure(calibration, runs))
     return written
+
+
+def _truth(sweep_dir: Path, runs: pd.DataFrame, truths: list | None, fits):
+    table = compare_with_truth(fits, runs).assign(sweep=sweep_dir.name)
+    if truths is not None:
+        truths.append(table)
+    return truth_figure(table)
 
 
 def _main_stage(frame: pd.DataFrame) -> pd.DataFrame:
@@ -173,8 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with warnings.catch_warnings(), one_line_warnings():
         warnings.simplefilter("default")
+        truths: list[pd.DataFrame] = []
         for sweep_dir in sweep_dirs(root):
-            for path in sweep_figures(sweep_dir, bootstrap=args.bootstrap):
+            for path in sweep_figures(sweep_dir, bootstrap=args.bootstrap, truths=truths):
+                print(path)
+        if len(truths) > 1:  # several known-answer sweeps: one figure of them all
+            for path in save(truth_figure(pd.concat(truths, ignore_index=True)), root / "figures", "known_answers"):
                 print(path)
     return 0
 

@@ -14,8 +14,10 @@ Which parameter is which truth (`TRUTH`; pass `truth=` for another naming): the 
 `E` is `val_loss_optimal`; an exponent of the data size (`alpha_D` of L(D) and the joint Kaplan law,
 `beta` of Chinchilla's approach 3) is `true_exponent_data`; an exponent of the parameter count
 (`alpha_N`; `alpha` of approach 3) is `true_exponent_params`. The exponents are those of the
-*excess* loss: compare a law with an irreducible term (approach 3, or `fit_power_law(...,
-irreducible=True)`), or one fitted to `val_loss - val_loss_optimal`.
+*excess* loss, so only a law with an irreducible term `E` (approach 3, or `fit_power_law(...,
+irreducible=True)`) is compared: a law without one (Kaplan's L(N), L(D) and L(N, D)) is skipped, since
+its exponent describes the whole loss, floor included, and reading it against the truth would
+measure the floor, not the fitter.
 """
 
 from __future__ import annotations
@@ -49,16 +51,27 @@ def known_truth(runs: pd.DataFrame, column: str, rtol: float = 1e-6) -> float:
     return float(np.median(values))
 
 
+def has_known_floor(runs: pd.DataFrame) -> bool:
+    """Whether the records know their source's optimal loss (a synthetic or facts sweep): then a
+    Kaplan grid is also fitted with Chinchilla's approach 3, whose E, alpha and beta are those of
+    the excess loss and can be read against the truth."""
+    return "val_loss_optimal" in runs and bool(np.isfinite(pd.to_numeric(runs["val_loss_optimal"],
+                                                                          errors="coerce")).any())
+
+
 def compare_with_truth(fit: Fit | Iterable[Fit] | Mapping[str, Fit], runs: pd.DataFrame, *,
                        truth: Mapping[str, str] | None = None) -> pd.DataFrame:
     """One row per fitted parameter whose true value the records know: the fitted value, its 95%
     interval (`lower`, `upper`; NaN for a fit made without bootstrap), `error` = fitted - truth,
     `relative_error` = error / truth, and `covered` (whether the interval holds the truth; None
     without an interval). `fit` may be one Fit or several (a FitSet); `truth` maps parameter names
-    to truth columns (default `TRUTH`). Raises ValueError when no parameter's truth is known."""
+    to truth columns (default `TRUTH`). Fits without an irreducible term `E` are skipped (see the
+    module's docstring). Raises ValueError when no parameter's truth is known."""
     mapping = dict(TRUTH if truth is None else truth)
     rows = []
     for f in as_fit_list(fit):
+        if "E" not in f.params:  # no irreducible term: its exponents are not those of the excess loss
+            continue
         for name, column in mapping.items():
             if name not in f.params:
                 continue
@@ -75,8 +88,8 @@ def compare_with_truth(fit: Fit | Iterable[Fit] | Mapping[str, Fit], runs: pd.Da
                          "covered": bool(lower <= true_value <= upper) if has_interval else None})
     if not rows:
         names = sorted({n for f in as_fit_list(fit) for n in f.params})
-        raise ValueError(f"no fitted parameter has a known truth in these records (parameters {names}; truth "
-                         f"columns {sorted(set(mapping.values()))} absent or NaN)")
+        raise ValueError(f"no fitted parameter has a known truth in these records (parameters {names}, of laws "
+                         f"with an irreducible term E; truth columns {sorted(set(mapping.values()))} absent or NaN)")
     table = pd.DataFrame(rows, columns=COLUMNS)
     table.attrs["confidence"] = CONFIDENCE
     return table
