@@ -143,7 +143,7 @@ def test_table_command_compares_the_fitted_floor_and_locates_transitions(capsys)
     assert table_command([str(root / "synthetic"), "--bootstrap", "0"]) == 0
     out = capsys.readouterr().out
     truth = out.split("## Fits against the known answers")[1].split("##")[0]
-    assert "| E | 1.88 |" in truth and "val_loss_optimal" not in truth
+    assert "| E | 1.255 |" in truth and "val_loss_optimal" not in truth
     assert table_command([str(root / "emergence"), "--bootstrap", "0"]) == 0
     out = capsys.readouterr().out
     transitions = out.split("## Transitions")[1]
