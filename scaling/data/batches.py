@@ -3,10 +3,11 @@ model of a sweep sees the same data in the same order and resume needs no replay
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
-from scaling.data.sources import DataError
 
+from scaling.data.errors import DataError
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,3 +120,15 @@ def validation_windows(val: np.ndarray, seq_len: int, n_sequences: int) -> np.nd
     n = min(n_sequences, n_available)
     starts = (np.arange(n, dtype=np.int64) * n_available // n) * seq_len
     return np.asarray(val[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int32)
+
+
+def bits_per_byte(mean_nll: float, windows: np.ndarray, token_bytes: np.ndarray) -> float:
+    """Bits per byte of text over exactly `windows` (their targets, ``windows[:, 1:]``, each scored
+    once): the nats of all targets / ln 2 / the bytes those targets stand for. `mean_nll` is nats
+    per target token; `token_bytes` the bytes of each token id (0 for an end-of-document token).
+    Loss per token is not comparable across tokenizers; this is (Gao et al. 2020, The Pile)."""
+    targets = np.asarray(windows)[:, 1:]
+    n_bytes = int(np.asarray(token_bytes)[targets].sum())
+    if n_bytes == 0:
+        return math.nan  # windows of end-of-document tokens only: no text to count per
+    return mean_nll * targets.size / math.log(2) / n_bytes

@@ -251,7 +251,11 @@ def _data_and_shape_rule(root: Table, base_dir: str) -> tuple[DataConfig, ShapeR
     data = data_settings.build(DataConfig, base_dir=base_dir, synthetic=synthetic, facts=facts, tasks=tasks)
     # The tokenizer is the source's: bytes, or the token files' own vocabulary.
     if data.source == "tokens" and "vocab_size" not in data_table.data:
-        raise data_table.error("vocab_size", "is required")
+        vocab_size = _prepared_vocab_size(root.file, data)  # a folder of `scaling prepare` says
+        if vocab_size is None:
+            raise data_table.error("vocab_size", "is required for a bare .bin file (a folder written by "
+                                   "`scaling prepare` gives its own)")
+        rule = dataclasses.replace(rule, vocab_size=vocab_size)
     if data.source != "tokens" and rule.vocab_size != BYTE_VOCAB:
         raise data_table.error("vocab_size", f"the bytes tokenizer has 256 tokens, got {rule.vocab_size}")
     _check_data(root.file, data, rule.vocab_size)
@@ -347,6 +351,14 @@ def check_runs(file: str, specs, device_count: int | None) -> None:
     """check_devices for some runs (`file`: the sweep file, for the error)."""
     for spec in specs:
         _check_run(file, spec, device_count)
+
+
+def _prepared_vocab_size(file: str, data: DataConfig) -> int | None:
+    from scaling.data.sources import DataError, prepared_vocab_size
+    try:
+        return prepared_vocab_size(data.paths, data.base_dir)
+    except DataError as e:
+        raise ConfigError(file, "data.paths", str(e)) from None
 
 
 def _check_data(file: str, data: DataConfig, vocab_size: int) -> None:

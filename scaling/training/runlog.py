@@ -103,8 +103,9 @@ class RunContext:
         ev = tr.evaluate(self.program, params, self.val_windows, self.chunk)
         values = dict(val_loss=ev["val_loss"], val_entropy=ev["val_entropy"], val_ece=ev["val_ece"],
                       grad_norm=grad_norm, tokens_per_second=tokens_per_second, mfu=self.mfu(tokens_per_second))
-        if self.source.bytes_per_token:
-            values["val_bits_per_byte"] = ev["val_loss"] / math.log(2) / self.source.bytes_per_token
+        if self.source.token_bytes is not None:  # the exact bytes of these windows' targets
+            values["val_bits_per_byte"] = data_mod.bits_per_byte(ev["val_loss"], self.val_windows,
+                                                                 self.source.token_bytes)
         if self.probes:
             values.update(self.probes.evaluate(params))
         return values, ev["ece_bins"]
