@@ -15,6 +15,8 @@ the figures its records support are written to `<sweep>/figures/` as PNG and PDF
     emergence_<task>                     runs with probe columns (probe/<task>/<metric>), one per task
     confidence                           runs that record val_entropy and val_ece, at 2+ model sizes
     reliability                          runs with calibration tables (calibration.parquet)
+    loss_vs_epochs                       runs with repeated data (epochs > 1 somewhere): loss against epochs at
+                                         fixed compute with the data-constrained law (analysis.data_constrained)
 
 From records only, deterministically: fixed bootstrap seeds, the Agg backend, and no dates in the
 files' metadata. A figure the data cannot support is skipped with one line on stderr.
@@ -38,11 +40,13 @@ import pandas as pd  # noqa: E402
 from analysis import plots  # noqa: E402
 from analysis.audit import audit_with_fit  # noqa: E402
 from analysis.chinchilla import fit_chinchilla  # noqa: E402
+from analysis.data_constrained import fit_data_constrained  # noqa: E402
 from analysis.emergence import load_calibration, probe_tasks  # noqa: E402
 from analysis.fit_result import DEFAULT_BOOTSTRAP  # noqa: E402
 from analysis.grid_figures import kaplan_grid  # noqa: E402
 from analysis.kaplan import fit_kaplan  # noqa: E402
 from analysis.records import load_history, load_runs, one_line_warnings  # noqa: E402
+from analysis.repeat_figures import epochs_figure  # noqa: E402
 from analysis.tuning import RULE_FILE, tuning_figure  # noqa: E402
 
 PNG_DPI = 150
@@ -138,7 +142,18 @@ def sweep_figures(sweep_dir: Path, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int
     calibration = load_calibration(sweep_dir)
     if not calibration.empty:
         attempt("reliability", lambda: plots.reliability_figure(calibration, runs))
+    if "epochs" in runs and (pd.to_numeric(runs["epochs"], errors="coerce") > 1).any():
+        attempt("loss_vs_epochs", lambda: epochs_figure(final, _data_constrained_fit(final, bootstrap, seed, sweep_dir)))
     return written
+
+
+def _data_constrained_fit(runs: pd.DataFrame, bootstrap: int, seed: int, sweep_dir: Path):
+    """The law to draw beside the points, or None (the points alone) where the runs cannot support it."""
+    try:
+        return fit_data_constrained(runs, bootstrap=bootstrap, seed=seed)
+    except ValueError as exc:
+        print(f"{sweep_dir}: loss_vs_epochs without the fitted law: {' '.join(str(exc).split())}", file=sys.stderr)
+        return None
 
 
 def _main_stage(frame: pd.DataFrame) -> pd.DataFrame:
