@@ -65,3 +65,13 @@ def test_epochs_figure_and_make_plots(tmp_path, fitted):
     assert {"loss_vs_epochs.png", "loss_vs_epochs.pdf"} <= written
     runs = load_runs(sweep)
     assert isinstance(runs, pd.DataFrame) and runs["epochs"].max() > 100
+
+
+def test_scaling_fit_picks_the_data_constrained_law_for_repeated_data(tmp_path, capsys):
+    from scaling.cli import main
+    sweep = write_records(repeated_records(seed=1, noise=0.01), tmp_path)
+    assert main(["fit", str(sweep), "--bootstrap", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "Muennighoff" in out and "R_D_star" in out
+    assert main(["fit", str(sweep), "--law", "data-constrained", "--holdout-flops", "1e15"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
