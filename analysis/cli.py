@@ -23,6 +23,7 @@ import pandas as pd
 from analysis import tables
 from analysis.audit import audit_with_fit
 from analysis.chinchilla import fit_chinchilla
+from analysis.data_constrained import fit_data_constrained
 from analysis.comparison import compare
 from analysis.emergence import probe_tasks, transitions
 from analysis.fit_result import DEFAULT_BOOTSTRAP, Fit
@@ -45,8 +46,9 @@ def fit_command(argv: list[str]) -> int:
     parser = _Parser(prog="scaling fit", description="Fit Kaplan or Chinchilla scaling laws to a results folder "
                                                      "and print them as a table.")
     parser.add_argument("results_dir", help="a sweep's results folder, or a parent of several")
-    parser.add_argument("--law", choices=["kaplan", "chinchilla"], default=None,
-                        help="default: chinchilla for a sweep of IsoFLOP runs, kaplan otherwise")
+    parser.add_argument("--law", choices=["kaplan", "chinchilla", "data-constrained"], default=None,
+                        help="default: chinchilla for a sweep of IsoFLOP runs, data-constrained (Muennighoff et al. "
+                             "2023) for one with repeated data, kaplan otherwise")
     parser.add_argument("--approach", type=int, choices=[1, 2, 3],
                         help="Chinchilla approach (default: every approach the data supports)")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP,
@@ -116,6 +118,8 @@ def _by_sweep(frame: pd.DataFrame) -> dict:
 
 
 def _law_of(runs: pd.DataFrame) -> str:
+    if "epochs" in runs and (pd.to_numeric(runs["epochs"], errors="coerce") > 1).any():
+        return "data-constrained"
     budgets = pd.to_numeric(runs["flops_budget"], errors="coerce") if "flops_budget" in runs else pd.Series([])
     return "chinchilla" if np.isfinite(budgets).any() else "kaplan"
 
@@ -124,6 +128,8 @@ def _fits_for(law: str, runs: pd.DataFrame, history: pd.DataFrame, approaches, b
     """Fits of one sweep. Approaches not asked for by name are skipped when the data cannot
     support them; one asked for by name that fails raises."""
     curves = history if not history.empty else runs
+    if law == "data-constrained":
+        return [fit_data_constrained(runs, bootstrap=bootstrap)]
     if law == "kaplan":
         fits = list(fit_kaplan(curves, bootstrap=bootstrap).values())
         if has_known_floor(runs):  # a known-answer source: the law with an irreducible term too
@@ -184,13 +190,15 @@ def _fits_text(sweep_fits, format: str) -> str:
 
 
 def _fit(args) -> str:
-    if args.law == "kaplan" and args.approach:
+    if args.law in ("kaplan", "data-constrained") and args.approach:
         raise UsageError("--approach applies to --law chinchilla only")
     runs, history = _records(args.results_dir)
     if args.law is None and (args.holdout_flops is not None or args.conventions or args.approach):
         args.law = _law_of(runs)
-        if args.law == "kaplan" and args.approach:
+        if args.law != "chinchilla" and args.approach:
             raise UsageError("--approach applies to --law chinchilla only (these runs have no IsoFLOP budget)")
+    if args.law == "data-constrained" and (args.holdout_flops is not None or args.conventions):
+        raise UsageError("--holdout-flops and --conventions apply to --law kaplan or chinchilla")
     if args.holdout_flops is not None:
         return _audit_text(runs, history, args)
     if args.conventions:

@@ -18,6 +18,8 @@ the figures its records support are written to `<sweep>/figures/` as PNG and PDF
     truth                                runs on a source whose answers are known (val_loss_optimal):
                                          every fitted E and exponent against its truth
                                          (analysis.truth; a Kaplan grid is also fitted by approach 3)
+    loss_vs_epochs                       runs with repeated data (epochs > 1 somewhere): loss against epochs at
+                                         fixed compute with the data-constrained law (analysis.data_constrained)
 
 and, where two or more sweeps know their answers, RESULTS_ROOT/figures/known_answers: all of them
 in one figure (do the fitted exponents move with the true ones?).
@@ -44,6 +46,7 @@ import pandas as pd  # noqa: E402
 from analysis import plots  # noqa: E402
 from analysis.audit import audit_with_fit  # noqa: E402
 from analysis.chinchilla import fit_chinchilla  # noqa: E402
+from analysis.data_constrained import fit_data_constrained  # noqa: E402
 from analysis.emergence import load_calibration, probe_tasks  # noqa: E402
 from analysis.fit_result import DEFAULT_BOOTSTRAP  # noqa: E402
 from analysis.grid_figures import kaplan_grid  # noqa: E402
@@ -51,6 +54,7 @@ from analysis.kaplan import fit_kaplan  # noqa: E402
 from analysis.records import load_history, load_runs, one_line_warnings  # noqa: E402
 from analysis.truth import compare_with_truth, has_known_floor  # noqa: E402
 from analysis.truth_figures import truth_figure  # noqa: E402
+from analysis.repeat_figures import epochs_figure  # noqa: E402
 from analysis.tuning import RULE_FILE, tuning_figure  # noqa: E402
 
 PNG_DPI = 150
@@ -154,6 +158,8 @@ def sweep_figures(sweep_dir: Path, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int
     calibration = load_calibration(sweep_dir)
     if not calibration.empty:
         attempt("reliability", lambda: plots.reliability_figure(calibration, runs))
+    if "epochs" in runs and (pd.to_numeric(runs["epochs"], errors="coerce") > 1).any():
+        attempt("loss_vs_epochs", lambda: epochs_figure(final, _data_constrained_fit(final, bootstrap, seed, sweep_dir)))
     return written
 
 
@@ -162,6 +168,15 @@ def _truth(sweep_dir: Path, runs: pd.DataFrame, truths: list | None, fits):
     if truths is not None:
         truths.append(table)
     return truth_figure(table)
+
+
+def _data_constrained_fit(runs: pd.DataFrame, bootstrap: int, seed: int, sweep_dir: Path):
+    """The law to draw beside the points, or None (the points alone) where the runs cannot support it."""
+    try:
+        return fit_data_constrained(runs, bootstrap=bootstrap, seed=seed)
+    except ValueError as exc:
+        print(f"{sweep_dir}: loss_vs_epochs without the fitted law: {' '.join(str(exc).split())}", file=sys.stderr)
+        return None
 
 
 def _main_stage(frame: pd.DataFrame) -> pd.DataFrame:

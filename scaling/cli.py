@@ -1,4 +1,4 @@
-"""`scaling` command line: sweep, tune, run, status, bench, fit, table, compare, reproduce, report.
+"""`scaling` command line: sweep, tune, run, status, prepare, bench, fit, table, compare, reproduce, report.
 
 User mistakes print one line on stderr and exit with status 2; no tracebacks.
 """
@@ -9,28 +9,21 @@ import argparse
 import dataclasses
 import importlib.metadata
 import json
-import math
 import signal
 import sys
 import time
-from pathlib import Path
 
-import pyarrow.parquet as pq
 from rich.console import Console
-from rich.table import Table
 
-from analysis.records import run_problems
-from scaling import records
 from scaling.config import LAUNCHERS, ConfigError, ConfigValueError
 from scaling.launch import jobfile
-from scaling.launch.display import RunProgress as _RunProgress, plan_table
-from scaling.launch.eta import EtaFile, format_seconds, published_eta
+from scaling.launch.display import RunProgress as _RunProgress, plan_table, status_table
+from scaling.launch.eta import EtaFile
 from scaling.launch.distributed import DistributedError, check_flags
 from scaling.launch.jobfile import check_writable
 from scaling.launch.local import run_local
 from scaling.launch.ray_launcher import run_ray
 from scaling.launch.report import LaunchError, SweepReport, pending_runs
-from scaling.records import RunLock, base_row
 from scaling.sweep.reader import check_devices, load_sweep
 from scaling.sweep.tuning import beyond_edges, n_params, read_rule, tune_dir, tune_runs
 
@@ -306,73 +299,24 @@ def _outcome_line(result: dict) -> str:
 
 
 def cmd_status(args) -> int:
-    """A results folder's runs; or, given a sweep file, every run of its grid, the ones that have
-    not started shown as `pending`."""
-
-    root, planned = Path(args.results), []
-    if root.is_file() or root.suffix == ".toml":
-        sweep = load_sweep(root, **_overrides(args))
-        root, planned = Path(sweep.out_dir), [base_row(spec) for spec in sweep.runs]
-        summaries = [p for r in planned if (p := records.run_dir(root, r["run_id"]) / "summary.parquet").exists()]
-    else:
-        if not root.is_dir():
-            return _fail(f"no results folder at {root} (give a results folder or a sweep file)")
-        summaries = sorted(root.glob("runs/*/summary.parquet")) or sorted(root.glob("*/runs/*/summary.parquet"))
-        if not summaries:
-            return _fail(f"{root}: no runs found (expected {root}/runs/<run_id>/summary.parquet, or a sweep file)")
-    table = Table(title=str(root))
-    for col in ("run", "N (non-embed)", "D (tokens)", "step", "status", "val loss", "tokens/s", "MFU", "wall"):
-        table.add_column(col, justify="left" if col in ("run", "status") else "right")
-    counts: dict[str, int] = {}
-    for path in summaries:
-        problems = run_problems(path.parent)
-        try:
-            r = pq.read_table(path).to_pylist()[0]
-            status = r["status"]
-        except Exception:  # noqa: BLE001 - a damaged file (unreadable, empty, no status) is shown, not fatal
-            r, status = {"run_id": path.parent.name}, None
-        if status == "running" and _lock_is_free(path.parent):
-            status = "interrupted"  # no process holds the run's lock: rerun the sweep to resume it
-        if problems:  # the records do not back what the summary says: flagged, whatever it says
-            status = f"damaged ({'; '.join(problems)})" + (f", recorded {status}" if status else "")
-        elif r.get("error"):
-            status += f" ({r['error']})"
-        label = status.split(" ")[0]
-        counts[label] = counts.get(label, 0) + 1
-        fmt = lambda v, f: "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, f)
-        table.add_row(path.parent.name, fmt(r.get("n_params_nonembed"), ","), fmt(r.get("target_tokens"), ".3g"),
-                      fmt(r.get("step"), "d"), status,
-                      fmt(r.get("val_loss"), ".4f"), fmt(r.get("tokens_per_second"), ",.0f"), fmt(r.get("mfu"), ".1%"),
-                      fmt(r.get("wall_seconds"), ".1f") + ("s" if r.get("wall_seconds") is not None else ""))
-    started = {p.parent.name for p in summaries}
-    for r in planned:
-        if r["run_id"] not in started:
-            counts["pending"] = counts.get("pending", 0) + 1
-            table.add_row(r["run_id"], format(r["n_params_nonembed"], ","), format(r["target_tokens"], ".3g"),
-                          "", "pending", "", "", "", "")
+    """A results folder's runs; or, given a sweep file, every run of its grid (scaling/launch/display.py)."""
+    try:
+        table, line = status_table(args.results, _overrides(args))
+    except LaunchError as e:
+        return _fail(str(e))
     console = _console()
     console.print(table)
-    console.print(", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + _eta_note(root, counts))
+    console.print(line)
     return 0
 
 
-def _eta_note(root: Path, counts: dict) -> str:
-    """The ETA that a running local sweep publishes (scaling/launch/eta.py), where one runs."""
-    if not counts.get("running"):
-        return ""
-    eta = published_eta(root)
-    if eta is None:
-        return "; ETA unknown (only a local sweep publishes one)"
-    remaining, age = eta
-    return f"; ETA {format_seconds(remaining)} (the sweep's estimate of {format_seconds(age)} ago)"
-
-
-def _lock_is_free(run_path: Path) -> bool:
-    lock = RunLock(run_path)
-    if lock.acquire():
-        lock.release()
-        return True
-    return False
+def cmd_prepare(args) -> int:
+    """Text, .jsonl or .parquet -> a prepared corpus folder for source = "tokens" (scaling/data/prepare.py)."""
+    from scaling.data.prepare import DataError, prepare_command
+    try:
+        return prepare_command(args)
+    except DataError as e:
+        return _fail(str(e))
 
 
 def cmd_bench(args) -> int:
@@ -469,6 +413,22 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("results", help="a results folder (results/<sweep>) or a sweep file")
     _override_flags(st)
     st.set_defaults(func=cmd_status)
+
+    pr = sub.add_parser("prepare", help="tokenize text, .jsonl or .parquet into a folder for source = \"tokens\"",
+                        description="Write a tokenized corpus: train.bin and val.bin (split by document), the "
+                                    "tokenizer and metadata.json (vocabulary, documents, tokens and UTF-8 bytes per "
+                                    "split), for [data] source = \"tokens\", paths = [OUT]. A rerun with the same "
+                                    "inputs and settings does nothing.")
+    pr.add_argument("inputs", nargs="+", help="text files, globs ('corpus/**/*.txt'), folders, .jsonl or .parquet files")
+    pr.add_argument("--out", required=True, metavar="DIR", help="the folder to write (replaced whole when done)")
+    pr.add_argument("--tokenizer", default="bytes", metavar="bytes|bpe|PATH",
+                    help="bytes (default); bpe: a byte-level BPE trained here on the train documents (the bpe "
+                         "extra); or the path of an existing tokenizer.json")
+    pr.add_argument("--vocab-size", type=_at_least(1), help="the BPE's vocabulary, with --tokenizer bpe")
+    pr.add_argument("--field", default="text", help="the text field of .jsonl lines, the text column of .parquet")
+    pr.add_argument("--val-fraction", type=_positive_float, default=0.02, help="share of documents held out")
+    pr.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    pr.set_defaults(func=cmd_prepare)
 
     b = sub.add_parser("bench", help="tokens/s and MFU of a few model sizes on this machine",
                        description="Time the training step of a few model sizes on this machine's devices and "

@@ -170,9 +170,11 @@ class DataConfig:
     synthetic: SyntheticConfig | None = None  # source "synthetic" only
     facts: FactsConfig | None = None  # source "facts" only (scaling/config_facts.py)
     tasks: TasksConfig | None = None
+    unique_tokens: int | None = None  # repeated data: train on this many distinct tokens (scaling/data/batches.py)
 
     def __post_init__(self):
-        check(self, source=choice(SOURCES), paths=strings("expected a list of strings (files or globs)"))
+        check(self, source=choice(SOURCES), paths=strings("expected a list of strings (files or globs)"),
+              unique_tokens=integer(ge=1, optional=True))
         if self.source in ("text", "tokens") and not self.paths:
             raise ConfigValueError("paths", f"expected at least one path for source = {self.source!r}")
         check(self, dtype=choice(TOKEN_DTYPES), val_fraction=number(gt=0, le=0.5), data_seed=integer(ge=0),
@@ -417,7 +419,7 @@ _EXECUTION_ONLY = {"mesh", "sweep", "train.micro_batch", "train.checkpoint_every
 # Optional instruments, hashed only when set: a sweep without them keeps the run ids it had before
 # they existed.
 _HASHED_WHEN_SET = {"data.synthetic", "data.facts", "data.tasks", "sampling", "optim.warmup_steps",
-                    "train.eval_spacing"}
+                    "train.eval_spacing", "data.unique_tokens"}
 
 
 @dataclass(frozen=True)
@@ -484,6 +486,7 @@ class RunSpec:
                "tokens": train.tokens, "seed": self.seed, "lr": self.optim.lr, "grid": self.grid,
                "label_smoothing": train.label_smoothing, "entropy_coef": train.entropy_coef}
         out.update({"budget": f"{self.flops_budget:.3g}"} if self.flops_budget is not None else {})
+        out.update({"unique_tokens": self.data.unique_tokens} if self.data.unique_tokens is not None else {})
         return {k: str(v) for k, v in out.items()}
 
 

@@ -49,6 +49,9 @@ SCHEMA = pa.schema([
     # the run's stage (main, or a tuning run, which never enters a grid's fits).
     ("lr_source", pa.string()), ("stage", pa.string()),
     ("lr_peak", pa.float64()),  # the optimizer's lr, where the schedule peaks (`lr` is the scheduled value)
+    # Repeated data (`[data] unique_tokens`, scaling/data/batches.py): the distinct training tokens the run
+    # draws from (the whole train split when the key is unset) and tokens / unique_tokens so far.
+    ("unique_tokens", pa.int64()), ("epochs", pa.float64()),
 ])
 
 STATUSES = ("running", "complete", "diverged", "failed")
@@ -213,6 +216,8 @@ def base_row(spec: RunSpec) -> dict:
         "flops_budget": spec.flops_budget if spec.flops_budget is not None else math.nan, "pack_size": 1,
         "branched_from": None, "branch_step": None,  # set where a run resumes from its trunk's seed
         "lr_source": spec.lr_source, "stage": spec.stage, "lr_peak": spec.optim.lr,
+        # Known from the spec when set (whole windows of seq_len); else the split's size, which the run sets.
+        "unique_tokens": None if spec.data.unique_tokens is None else spec.data.unique_tokens // m.seq_len * m.seq_len,
     }
 
 

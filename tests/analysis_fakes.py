@@ -26,15 +26,16 @@ import pyarrow.parquet as pq
 VOCAB_SIZE = 256  # bytes
 SEQ_LEN = 256
 BATCH_TOKENS = 8192
+SPLIT_TOKENS = 10 ** 12  # the train split of a run without repeated data: more than any run trains
 
 STRING_COLUMNS = ("run_id", "sweep", "status", "error", "grid", "flops_convention",
                   "peak_flops_source", "device_kind", "mesh")
 INT_COLUMNS = ("seed", "data_seed", "n_layer", "d_model", "n_head", "d_ff", "vocab_size", "seq_len",
                "n_params", "n_params_nonembed", "n_params_embed", "step", "tokens", "batch_tokens",
-               "target_tokens", "n_devices")
+               "target_tokens", "n_devices", "unique_tokens")
 FLOAT_COLUMNS = ("flops", "flops_6nd", "flops_budget", "train_loss", "val_loss", "val_bits_per_byte",
                  "val_loss_optimal", "val_entropy", "val_ece", "lr", "grad_norm", "wall_seconds",
-                 "tokens_per_second", "mfu", "peak_flops")
+                 "tokens_per_second", "mfu", "peak_flops", "epochs")
 CONTRACT_COLUMNS = STRING_COLUMNS + INT_COLUMNS + FLOAT_COLUMNS
 
 
@@ -139,10 +140,10 @@ def shape_for_total(n_params_target: float) -> dict:
 def run_records(shape: dict, target_tokens: float, loss_at, *, sweep: str, grid: str,
                 rng: np.random.Generator, noise: float = 0.01, n_evals: int = 20,
                 flops_budget: float = math.nan, seed: int = 0, status: str = "complete",
-                batch_tokens: int = BATCH_TOKENS) -> pd.DataFrame:
+                batch_tokens: int = BATCH_TOKENS, unique_tokens: int = SPLIT_TOKENS) -> pd.DataFrame:
     """The history rows of one run; its summary is the last row, which carries the run's status
     (the rows before it say "running"). `loss_at(shape, tokens)` is the noiseless loss after
-    `tokens` training tokens."""
+    `tokens` training tokens; `unique_tokens` the distinct tokens it draws from (repeated data)."""
     steps_total = max(2, int(round(target_tokens / batch_tokens)))  # D is rounded to whole steps
     steps = np.unique(np.geomspace(max(1, steps_total // 100), steps_total, n_evals).round().astype(np.int64))
     tokens = steps * batch_tokens
@@ -157,8 +158,9 @@ def run_records(shape: dict, target_tokens: float, loss_at, *, sweep: str, grid:
         steps, tokens, val_loss, train_loss = steps[:cut + 1], tokens[:cut + 1], val_loss[:cut + 1], train_loss[:cut + 1]
         error = f"non-finite loss at step {int(steps[-1])}"
     n_rows = len(steps)
-    run_id = hashlib.sha1(json.dumps([sweep, shape, int(steps_total), seed, status, repr(flops_budget)],
-                                     sort_keys=True).encode()).hexdigest()[:12]
+    key = [sweep, shape, int(steps_total), seed, status, repr(flops_budget)]
+    key += [int(unique_tokens)] if unique_tokens != SPLIT_TOKENS else []  # the ids the fakes had before
+    run_id = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     flops = 6.0 * shape["n_params"] * tokens  # the fakes' "exact" count: 6ND with all parameters
     wall = tokens / 2e5
     frame = pd.DataFrame({
@@ -173,6 +175,7 @@ def run_records(shape: dict, target_tokens: float, loss_at, *, sweep: str, grid:
         "val_entropy": 0.95 * val_loss, "val_ece": 0.02, "lr": 1e-3 * (1 + np.cos(np.pi * steps / steps_total)) / 2,
         "grad_norm": 1.0, "wall_seconds": wall, "tokens_per_second": 2e5, "mfu": 0.1,
         "peak_flops": 1e12, "peak_flops_source": "fake", "device_kind": "cpu", "n_devices": 1, "mesh": "dp=1",
+        "unique_tokens": int(unique_tokens), "epochs": tokens / unique_tokens,
     })
     frame.loc[frame.index[-1], "status"] = status
     frame.loc[frame.index[-1], "error"] = error
@@ -230,6 +233,45 @@ def random_grid_points(law: ChinchillaLaw = ChinchillaLaw(), n_points: int = 250
     return pd.DataFrame({"run_id": [f"p{i:04d}" for i in range(n_points)], "status": "complete",
                          "n_params": n.round().astype(np.int64), "n_params_nonembed": (0.8 * n).round().astype(np.int64),
                          "tokens": d.round().astype(np.int64), "flops": 6 * n * d, "val_loss": loss})
+
+
+@dataclass(frozen=True)
+class DataConstrainedLaw:
+    """L(N, D, U) = E + A/N^alpha + B/D'^beta, D' = U_D + U_D R*_D (1 - exp(-R_D/R*_D)), R_D = D/U_D - 1
+    (Muennighoff et al. 2023 eq. 5-6, N' = N; their fitted R*_D = 15.4), N = all parameters."""
+
+    E: float = 1.0
+    A: float = 30.0
+    B: float = 60.0
+    alpha: float = 0.30
+    beta: float = 0.28
+    R_D_star: float = 15.4
+
+    def effective_data(self, tokens, unique_tokens):
+        d, u = np.asarray(tokens, float), np.asarray(unique_tokens, float)
+        seen = np.minimum(d, u)
+        return seen + seen * self.R_D_star * (1 - np.exp(-np.maximum(d / seen - 1, 0) / self.R_D_star))
+
+    def loss(self, n_params, tokens, unique_tokens):
+        return (self.E + self.A / np.asarray(n_params, float) ** self.alpha
+                + self.B / self.effective_data(tokens, unique_tokens) ** self.beta)
+
+
+def repeated_records(law: DataConstrainedLaw = DataConstrainedLaw(), n_params=np.geomspace(1e6, 1e8, 4),
+                     tokens=np.geomspace(1e8, 1e10, 4), epochs=(2, 4, 8, 16, 32, 64, 128), *, seed: int = 0,
+                     noise: float = 0.01, n_evals: int = 6, sweep: str = "repeat") -> pd.DataFrame:
+    """History of a repetition grid: every size x every D on fresh data (one epoch at most), and every
+    size at the largest D on unique_tokens = D / epochs for each of `epochs`."""
+    rng = np.random.default_rng(seed)
+    runs = []
+    for n in n_params:
+        shape = shape_for_total(n)
+        points = [(d, SPLIT_TOKENS) for d in tokens] + [(tokens[-1], int(tokens[-1] / e)) for e in epochs]
+        for d, unique in points:
+            runs.append(run_records(shape, d, lambda s, t, u=unique: law.loss(s["n_params"], t, u), sweep=sweep,
+                                    grid="kaplan", rng=rng, noise=noise, n_evals=n_evals, seed=seed,
+                                    unique_tokens=unique))
+    return pd.concat(runs, ignore_index=True)
 
 
 def summaries(history: pd.DataFrame) -> pd.DataFrame:

@@ -3,10 +3,11 @@ model of a sweep sees the same data in the same order and resume needs no replay
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
-from scaling.data.sources import DataError
 
+from scaling.data.errors import DataError
 
 
 # ----------------------------------------------------------------------------------------------
@@ -65,9 +66,17 @@ def permute(index: np.ndarray, n: int, seed: int, epoch: int = 0) -> np.ndarray:
 
 
 class Batcher:
-    """Batches of fixed windows of the train split, in an order fixed by (data_seed, step)."""
+    """Batches of fixed windows of the train split, in an order fixed by (data_seed, step).
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, data_seed: int):
+    `unique_tokens` (None: the whole split) limits training to `unique_tokens // seq_len` windows, the
+    first that many of epoch 0's order (so a random sample over the whole split, nested: a smaller limit
+    keeps a subset of a larger one's windows), repeated in the same order every epoch (Muennighoff et
+    al. 2023, "Scaling Data-Constrained Language Models", repeat their unique data each epoch). The
+    batch of step k is then a pure function of (data_seed, k, unique_tokens), and with a batch of B
+    sequences and W windows a multiple of B, batches repeat with period W / B steps."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, data_seed: int,
+                 unique_tokens: int | None = None):
         if seq_len < 1 or batch_size < 1:
             raise ValueError(f"seq_len and batch_size must be >= 1, got {seq_len}, {batch_size}")
         self.tokens = tokens
@@ -78,7 +87,22 @@ class Batcher:
         if self.n_windows < 1:
             raise DataError(f"train split holds {len(tokens)} tokens, fewer than one window of "
                             f"seq_len + 1 = {seq_len + 1}")
+        self.repeated = unique_tokens is not None
+        self.unique_windows = self.n_windows
+        if self.repeated:
+            self.unique_windows = unique_tokens // seq_len
+            if unique_tokens > self.n_windows * seq_len:
+                raise DataError(f"data.unique_tokens = {unique_tokens:,} exceeds the train split's "
+                                f"{self.n_windows * seq_len:,} tokens ({self.n_windows:,} windows of {seq_len})")
+            if self.unique_windows < batch_size:
+                raise DataError(f"data.unique_tokens = {unique_tokens:,} is below one batch of "
+                                f"{batch_size * seq_len:,} tokens")
         self._offsets = np.arange(seq_len + 1, dtype=np.int64)
+
+    @property
+    def unique_tokens(self) -> int:
+        """The distinct tokens training can see: its windows' targets (seq_len each)."""
+        return self.unique_windows * self.seq_len
 
     def window_indices(self, step: int, process_index: int = 0,
                        process_count: int = 1) -> np.ndarray:
@@ -91,6 +115,8 @@ class Batcher:
                              f"got {step}, {process_index}")
         rows = self.batch_size // process_count
         sequence = step * self.batch_size + process_index * rows + np.arange(rows, dtype=np.int64)
+        if self.repeated:  # every epoch the same windows in the same order: epoch 0's first ones
+            return permute(sequence % self.unique_windows, self.n_windows, self.data_seed, 0)
         epoch, position = np.divmod(sequence, self.n_windows)
         windows = np.empty(rows, dtype=np.int64)
         for e in np.unique(epoch):  # a batch spans at most a few epochs
@@ -119,3 +145,15 @@ def validation_windows(val: np.ndarray, seq_len: int, n_sequences: int) -> np.nd
     n = min(n_sequences, n_available)
     starts = (np.arange(n, dtype=np.int64) * n_available // n) * seq_len
     return np.asarray(val[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int32)
+
+
+def bits_per_byte(mean_nll: float, windows: np.ndarray, token_bytes: np.ndarray) -> float:
+    """Bits per byte of text over exactly `windows` (their targets, ``windows[:, 1:]``, each scored
+    once): the nats of all targets / ln 2 / the bytes those targets stand for. `mean_nll` is nats
+    per target token; `token_bytes` the bytes of each token id (0 for an end-of-document token).
+    Loss per token is not comparable across tokenizers; this is (Gao et al. 2020, The Pile)."""
+    targets = np.asarray(windows)[:, 1:]
+    n_bytes = int(np.asarray(token_bytes)[targets].sum())
+    if n_bytes == 0:
+        return math.nan  # windows of end-of-document tokens only: no text to count per
+    return mean_nll * targets.size / math.log(2) / n_bytes

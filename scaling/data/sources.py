@@ -4,7 +4,9 @@ Sources (DESIGN.md, "Data sources"):
 
 - ``stdlib`` (default): the running Python's standard-library ``*.py`` files, as bytes (vocab 256).
 - ``text``: the user's files or globs, as bytes.
-- ``tokens``: one flat ``.bin`` of uint16 / uint32 token ids (the nanoGPT layout), memory-mapped.
+- ``tokens``: a folder written by ``scaling prepare`` (scaling/data/prepare.py: train.bin, val.bin and
+  the metadata that gives the vocabulary and the bytes of every token), or one flat ``.bin`` of
+  uint16 / uint32 token ids (the nanoGPT layout), memory-mapped.
 - ``synthetic``: a process with a known next-token distribution (scaling/data/synthetic.py); its
   ``TokenSource.optimal_nll`` gives the exact optimal loss of any validation windows.
 - ``facts``: K key -> value records with Zipf frequencies (scaling/data/facts.py): an exact optimal
@@ -19,7 +21,14 @@ document: a file is in validation iff a stable hash of its relative path falls u
 ``val_fraction``, so no file is in both splits and the split is the same on every machine. Where
 that leaves a split empty (a single file, or a tiny ``val_fraction``), the last ``val_fraction``
 of the packed stream is validation instead; ``TokenSource.split_rule`` says which rule applied.
-A ``tokens`` file's validation split is its last ``val_fraction`` of tokens.
+A ``tokens`` file's validation split is its last ``val_fraction`` of tokens; a prepared folder's
+splits are its own (by document, made by ``scaling prepare``).
+
+Bits per byte (``TokenSource.token_bytes``): byte sources count every byte but the end-of-document
+NUL, which stands for no text (as a BPE's end-of-text token decodes to none), so their bits per byte
+and a BPE corpus's compare like for like. A prepared corpus counts the UTF-8 bytes of each token.
+``synthetic`` and ``facts`` are not text: a token is one symbol of at most 256, stored as a byte, so
+their bits per byte are bits per token. A bare ``.bin`` has no tokenizer to count with: NaN.
 
 Byte sources are built once into the user's cache folder (``cache_dir()``), as ``<name>.train.bin``
 and ``<name>.val.bin`` plus a ``<name>.json`` manifest. The name hashes the file list with sizes and
@@ -53,7 +62,8 @@ from typing import Callable
 import numpy as np
 
 from scaling.config import FactsConfig, SyntheticConfig
-from scaling.data import facts as facts_mod, splitcache, synthetic as syn
+from scaling.data import corpus, facts as facts_mod, splitcache, synthetic as syn
+from scaling.data.errors import DataError
 from scaling.data.tasks import mix_tasks
 
 SOURCES = ("stdlib", "text", "tokens", "synthetic", "facts")
@@ -66,10 +76,6 @@ _READ_CHUNK_BYTES = 1 << 24
 _GLOB_CHARS = frozenset("*?[")
 
 
-class DataError(Exception):
-    """A user-facing data problem; the message is one line naming the path or setting at fault."""
-
-
 @dataclass(frozen=True, eq=False)  # eq=False: arrays have no useful ==; identity is what we want
 class TokenSource:
     name: str
@@ -77,13 +83,16 @@ class TokenSource:
     content_hash: str  # 16 hex digits of sha256 over the tokens of both splits and the split rule
     train: np.ndarray  # 1-D, disjoint from val
     val: np.ndarray
-    bytes_per_token: float | None  # 1.0 for bytes, so val_bits_per_byte = val_loss / ln 2
+    bytes_per_token: float | None  # the val split's mean UTF-8 bytes per token (1.0: a token is a byte)
     split_rule: str = ""  # how train and val were cut, in words; part of content_hash
     # For a source whose distribution is known: windows [n, S + 1] -> float64 [n, S], the exact
     # optimal -log p of each target given only its window (None: unknown).
     optimal_nll: Callable[[np.ndarray], np.ndarray] | None = None
     # For a source whose scaling exponents are known: (data exponent, parameter exponent), else None.
     true_exponents: tuple[float, float] | None = None
+    # int64 [>= every id in the data]: the bytes each token id stands for, so that bits per byte are
+    # counted on exactly the windows scored (batches.bits_per_byte). None: unknown (a bare .bin).
+    token_bytes: np.ndarray | None = None
 
 
 def cache_dir() -> Path:
@@ -149,11 +158,17 @@ def _check_tokens(paths: Sequence[str], dtype: str, vocab_size: int | None,
     if dtype not in TOKEN_DTYPES:
         raise DataError(f"token dtype {dtype!r} is not supported; "
                         f"expected one of {', '.join(TOKEN_DTYPES)}")
+    if len(paths) != 1:
+        raise DataError(f"data source 'tokens' takes exactly one prepared folder or .bin file, got {len(paths)} paths")
+    path = _absolute(paths[0], base_dir)
+    if corpus.is_prepared(path):
+        prepared = corpus.read(path)
+        if vocab_size is not None and vocab_size < prepared.vocab_size:
+            raise DataError(f"vocab_size {vocab_size} is smaller than the vocabulary of {path} "
+                            f"({prepared.vocab_size} tokens, {corpus.METADATA}); expected >= {prepared.vocab_size}")
+        return path
     if vocab_size is None or vocab_size < 1:
         raise DataError(f"data source 'tokens' needs a positive vocab_size, got {vocab_size!r}")
-    if len(paths) != 1:
-        raise DataError(f"data source 'tokens' takes exactly one .bin file, got {len(paths)} paths")
-    path = _absolute(paths[0], base_dir)
     if not path.is_file():
         raise DataError(f"token file not found: {paths[0]} (looked at {path})")
     size = path.stat().st_size
@@ -162,6 +177,14 @@ def _check_tokens(paths: Sequence[str], dtype: str, vocab_size: int | None,
         raise DataError(f"token file {path} holds {size} bytes, not a positive multiple of "
                         f"{itemsize} ({dtype})")
     return path
+
+
+def prepared_vocab_size(paths: Sequence[str], base_dir: str | Path = ".") -> int | None:
+    """The vocabulary of a ``tokens`` source that is a prepared folder (from its metadata), else None."""
+    paths = _as_tuple(paths)
+    if len(paths) != 1 or not corpus.is_prepared(_absolute(paths[0], base_dir)):
+        return None
+    return corpus.read(_absolute(paths[0], base_dir)).vocab_size
 
 
 def _absolute(path: str, base_dir: str | Path) -> Path:
@@ -250,15 +273,17 @@ def _open_cached(source: str, paths: tuple[str, ...], dtype: str, vocab_size: in
         config = synthetic or SyntheticConfig()
         train, val, content_hash, split_rule = syn.open_synthetic(config, Path(cache))
         return TokenSource(name="synthetic", vocab_size=_byte_vocab_size(vocab_size), content_hash=content_hash,
-                           train=train, val=val, bytes_per_token=None, split_rule=split_rule,
-                           optimal_nll=lambda windows: syn.build_process(config).optimal_nll(windows))
+                           train=train, val=val, bytes_per_token=1.0, split_rule=split_rule,
+                           optimal_nll=lambda windows: syn.build_process(config).optimal_nll(windows),
+                           token_bytes=np.ones(BYTE_VOCAB_SIZE, dtype=np.int64))
     if source == "facts":
         config = facts or FactsConfig()
         train, val, content_hash, split_rule = facts_mod.open_facts(config, Path(cache))
         return TokenSource(name="facts", vocab_size=_byte_vocab_size(vocab_size), content_hash=content_hash,
-                           train=train, val=val, bytes_per_token=None, split_rule=split_rule,
+                           train=train, val=val, bytes_per_token=1.0, split_rule=split_rule,
                            optimal_nll=lambda windows: facts_mod.build_facts(config).optimal_nll(windows),
-                           true_exponents=facts_mod.build_facts(config).true_exponents)
+                           true_exponents=facts_mod.build_facts(config).true_exponents,
+                           token_bytes=np.ones(BYTE_VOCAB_SIZE, dtype=np.int64))
     if source == "tokens":
         return _open_tokens(paths[0], dtype, vocab_size, val_fraction, base_dir, Path(cache))
     if source == "stdlib":
@@ -269,9 +294,11 @@ def _open_cached(source: str, paths: tuple[str, ...], dtype: str, vocab_size: in
         docs = _resolve_text_paths(paths, base_dir)
         tag, salt = "text", ""
     train, val, manifest = _open_byte_corpus(tag, salt, docs, val_fraction, Path(cache))
+    token_bytes = np.ones(BYTE_VOCAB_SIZE, dtype=np.int64)
+    token_bytes[SEPARATOR[0]] = 0  # the end of a document is no text byte
     return TokenSource(name=source, vocab_size=_byte_vocab_size(vocab_size),
                        content_hash=manifest["content_hash"], train=train, val=val,
-                       bytes_per_token=1.0, split_rule=manifest["split_rule"])
+                       bytes_per_token=1.0, split_rule=manifest["split_rule"], token_bytes=token_bytes)
 
 
 def _in_val(doc_name: str, val_fraction: float) -> bool:
@@ -374,6 +401,8 @@ def _build_byte_corpus(stem: Path, docs: list[tuple[str, Path]], val_fraction: f
 def _open_tokens(path_str: str, dtype: str, vocab_size: int, val_fraction: float, base_dir: str,
                  cache: Path) -> TokenSource:
     path = _absolute(path_str, base_dir).resolve()
+    if corpus.is_prepared(path):
+        return _open_prepared(path, vocab_size)
     tokens = np.memmap(path, dtype=np.dtype(dtype), mode="r")
     digest, max_token = _scan_tokens(path, tokens, dtype, cache)
     if max_token >= vocab_size:
@@ -389,6 +418,18 @@ def _open_tokens(path_str: str, dtype: str, vocab_size: int, val_fraction: float
     return TokenSource(name="tokens", vocab_size=vocab_size, content_hash=content_hash,
                        train=tokens[:cut], val=tokens[cut:], bytes_per_token=None,
                        split_rule=split_rule)
+
+
+def _open_prepared(folder: Path, vocab_size: int | None) -> TokenSource:
+    """A folder of `scaling prepare`: its splits, vocabulary and byte table (checked by corpus.read)."""
+    prepared = corpus.read(folder)
+    val = prepared.split("val")
+    return TokenSource(name="tokens", vocab_size=vocab_size or prepared.vocab_size,
+                       content_hash=prepared.metadata["content_hash"], train=prepared.tokens("train"),
+                       val=prepared.tokens("val"), bytes_per_token=val["bytes"] / val["tokens"],
+                       split_rule=f"prepared {folder.name} ({prepared.metadata['tokenizer']['name']}); "
+                                  f"{prepared.metadata['split_rule']}",
+                       token_bytes=prepared.token_bytes())
 
 
 def _scan_tokens(path: Path, tokens: np.ndarray, dtype: str, cache: Path) -> tuple[str, int]:

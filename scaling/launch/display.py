@@ -1,21 +1,27 @@
 """What a sweep shows: the local sweep's progress (one bar over the sweep's FLOPs with a learned ETA,
 one bar per active run; or, quiet, one line per start and finish), `--dry-run`'s table of runs
-(`plan_table`), and `scaling run`'s own progress (`RunProgress`)."""
+(`plan_table`), `scaling run`'s own progress (`RunProgress`), and `scaling status`'s table of a results
+folder (`status_table`)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
+from pathlib import Path
 
-import json
-
+import pyarrow.parquet as pq
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from analysis.records import run_problems
+from scaling import records
 from scaling.config import RunSpec
 from scaling.flops import param_counts
-from scaling.launch.eta import Eta, RunCost, format_seconds
-from scaling.launch.report import ASSUMED_MFU, run_flops
+from scaling.launch.eta import Eta, RunCost, format_seconds, published_eta
+from scaling.launch.report import ASSUMED_MFU, LaunchError, run_flops
+from scaling.records import RunLock, base_row
+from scaling.sweep.reader import load_sweep
 from scaling.sweep.branch_plan import plan as branch_plan
 
 
@@ -163,3 +169,69 @@ class RunProgress:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+def status_table(results: str, overrides: dict) -> tuple[Table, str]:
+    """`scaling status`: a table of a results folder's runs; or, given a sweep file, of every run of its
+    grid, the ones that have not started shown as `pending`; and a line of counts (and the ETA)."""
+    root, planned = Path(results), []
+    if root.is_file() or root.suffix == ".toml":
+        sweep = load_sweep(root, **overrides)
+        root, planned = Path(sweep.out_dir), [base_row(spec) for spec in sweep.runs]
+        summaries = [p for r in planned if (p := records.run_dir(root, r["run_id"]) / "summary.parquet").exists()]
+    else:
+        if not root.is_dir():
+            raise LaunchError(f"no results folder at {root} (give a results folder or a sweep file)")
+        summaries = sorted(root.glob("runs/*/summary.parquet")) or sorted(root.glob("*/runs/*/summary.parquet"))
+        if not summaries:
+            raise LaunchError(f"{root}: no runs found (expected {root}/runs/<run_id>/summary.parquet, or a sweep file)")
+    table = Table(title=str(root))
+    for col in ("run", "N (non-embed)", "D (tokens)", "step", "status", "val loss", "tokens/s", "MFU", "wall"):
+        table.add_column(col, justify="left" if col in ("run", "status") else "right")
+    counts: dict[str, int] = {}
+    for path in summaries:
+        problems = run_problems(path.parent)
+        try:
+            r = pq.read_table(path).to_pylist()[0]
+            status = r["status"]
+        except Exception:  # noqa: BLE001 - a damaged file (unreadable, empty, no status) is shown, not fatal
+            r, status = {"run_id": path.parent.name}, None
+        if status == "running" and _lock_is_free(path.parent):
+            status = "interrupted"  # no process holds the run's lock: rerun the sweep to resume it
+        if problems:  # the records do not back what the summary says: flagged, whatever it says
+            status = f"damaged ({'; '.join(problems)})" + (f", recorded {status}" if status else "")
+        elif r.get("error"):
+            status += f" ({r['error']})"
+        label = status.split(" ")[0]
+        counts[label] = counts.get(label, 0) + 1
+        fmt = lambda v, f: "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, f)
+        table.add_row(path.parent.name, fmt(r.get("n_params_nonembed"), ","), fmt(r.get("target_tokens"), ".3g"),
+                      fmt(r.get("step"), "d"), status,
+                      fmt(r.get("val_loss"), ".4f"), fmt(r.get("tokens_per_second"), ",.0f"), fmt(r.get("mfu"), ".1%"),
+                      fmt(r.get("wall_seconds"), ".1f") + ("s" if r.get("wall_seconds") is not None else ""))
+    started = {p.parent.name for p in summaries}
+    for r in planned:
+        if r["run_id"] not in started:
+            counts["pending"] = counts.get("pending", 0) + 1
+            table.add_row(r["run_id"], format(r["n_params_nonembed"], ","), format(r["target_tokens"], ".3g"),
+                          "", "pending", "", "", "", "")
+    return table, ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + _eta_note(root, counts)
+
+
+def _eta_note(root: Path, counts: dict) -> str:
+    """The ETA that a running local sweep publishes (scaling/launch/eta.py), where one runs."""
+    if not counts.get("running"):
+        return ""
+    eta = published_eta(root)
+    if eta is None:
+        return "; ETA unknown (only a local sweep publishes one)"
+    remaining, age = eta
+    return f"; ETA {format_seconds(remaining)} (the sweep's estimate of {format_seconds(age)} ago)"
+
+
+def _lock_is_free(run_path: Path) -> bool:
+    lock = RunLock(run_path)
+    if lock.acquire():
+        lock.release()
+        return True
+    return False

@@ -30,6 +30,7 @@ from scaling.sweep.grids import BYTE_VOCAB, ShapeRule, grid_points
 from scaling.sweep.instruments import read_facts, read_sampling, read_synthetic, read_tasks
 from scaling.sweep.table import Settings, Table, folder_name_problem, from_toml, int_list, unique
 from scaling.sweep.replicate import ReplicateConfig, replicas
+from scaling.sweep.repetition import resolve_unique_tokens
 from scaling.sweep.tuning import TuneConfig, tuned_runs
 
 
@@ -108,7 +109,7 @@ def load_sweep(path: str | Path, *, device_count: int | None = None, for_tuning:
         set_keys(data, [f"sweep.out_dir={json.dumps(str(out_dir))}"], str(path))
     root = Table(str(path), "", data)
     sweep, seeds = _sweep_settings(root.sub("sweep"), path)
-    data, rule = _data_and_shape_rule(root, _base_dir(path))
+    data, data_settings, rule = _data_and_shape_rule(root, _base_dir(path))
     lr_tuned = _takes_tuned_lr(root)
     optim, optim_settings, branch = _optim(root.sub("optimizer"), root.sub("schedule"))
     tune = root.sub("tune").config(TuneConfig) if "tune" in root.data else None
@@ -119,7 +120,8 @@ def load_sweep(path: str | Path, *, device_count: int | None = None, for_tuning:
     train, train_settings = _train(root.sub("train"), rule.seq_len)
     mesh, slurm, ray = (root.sub(k).config(cls) for k, cls in (("mesh", MeshConfig), ("slurm", SlurmConfig),
                                                                 ("ray", RayConfig)))
-    axes = _axes(root.sub("axes"), {"optim": (optim, optim_settings), "train": (train, train_settings)})
+    axes = _axes(root.sub("axes"), {"optim": (optim, optim_settings), "train": (train, train_settings),
+                                    "data": (data, data_settings)})
     sampling = read_sampling(root, rule.seq_len, rule.vocab_size)
     grids = grid_points(root, rule, train.batch_tokens)
     root.finish()
@@ -129,6 +131,7 @@ def load_sweep(path: str | Path, *, device_count: int | None = None, for_tuning:
     shared = dict(sweep=sweep.values["name"], data=data, mesh=mesh, sampling=sampling,
                   **{k: sweep.values[k] for k in ("tracker", "tracker_project") if k in sweep.values})
     runs = _runs(root.file, shared, optim, train, grids, axes, seeds)
+    runs = resolve_unique_tokens(root.file, runs)
     if overrides:
         runs = tuple(dataclasses.replace(spec, overrides=overrides) for spec in runs)
     if lr_tuned and not for_tuning:
@@ -234,11 +237,12 @@ def _sweep_settings(table: Table, path: Path) -> tuple[Settings, list[int]]:
     return settings, seeds
 
 
-def _data_and_shape_rule(root: Table, base_dir: str) -> tuple[DataConfig, ShapeRule]:
-    """[data] and [model]: the data, and the rule that makes the models (data.vocab_size and
-    data.seq_len are every model's)."""
+def _data_and_shape_rule(root: Table, base_dir: str) -> tuple[DataConfig, Settings, ShapeRule]:
+    """[data] and [model]: the data (and the settings it was read from), and the rule that makes the
+    models (data.vocab_size and data.seq_len are every model's)."""
     data_table, model_table = root.sub("data"), root.sub("model")
-    data_settings = data_table.values(DataConfig, ("source", "paths", "dtype", "val_fraction", "data_seed"))
+    data_settings = data_table.values(DataConfig, ("source", "paths", "dtype", "val_fraction", "data_seed",
+                                                   "unique_tokens"))
     rule_settings = (data_table.values(ShapeRule, ("vocab_size", "seq_len"))
                      | model_table.values(ShapeRule, ("head_dim", "ffn_ratio", "aspect_ratio", "tie_embeddings")))
     model_table.finish()
@@ -251,11 +255,15 @@ def _data_and_shape_rule(root: Table, base_dir: str) -> tuple[DataConfig, ShapeR
     data = data_settings.build(DataConfig, base_dir=base_dir, synthetic=synthetic, facts=facts, tasks=tasks)
     # The tokenizer is the source's: bytes, or the token files' own vocabulary.
     if data.source == "tokens" and "vocab_size" not in data_table.data:
-        raise data_table.error("vocab_size", "is required")
+        vocab_size = _prepared_vocab_size(root.file, data)  # a folder of `scaling prepare` says
+        if vocab_size is None:
+            raise data_table.error("vocab_size", "is required for a bare .bin file (a folder written by "
+                                   "`scaling prepare` gives its own)")
+        rule = dataclasses.replace(rule, vocab_size=vocab_size)
     if data.source != "tokens" and rule.vocab_size != BYTE_VOCAB:
         raise data_table.error("vocab_size", f"the bytes tokenizer has 256 tokens, got {rule.vocab_size}")
     _check_data(root.file, data, rule.vocab_size)
-    return data, rule
+    return data, data_settings, rule
 
 
 def _optim(optimizer_table: Table, schedule_table: Table) -> tuple[OptimConfig, Settings, Settings]:
@@ -285,15 +293,15 @@ def _train(table: Table, seq_len: int) -> tuple[TrainConfig, Settings]:
     return train, settings
 
 
-# The [axes] keys: which config each one varies ("optim" or "train"), and its field there.
+# The [axes] keys: which config each one varies ("optim", "train" or "data"), and its field there.
 AXES = {"optimizer.lr": ("optim", "lr"), "optimizer.weight_decay": ("optim", "weight_decay"),
         "schedule.kind": ("optim", "schedule"), "train.label_smoothing": ("train", "label_smoothing"),
-        "train.entropy_coef": ("train", "entropy_coef")}
+        "train.entropy_coef": ("train", "entropy_coef"), "data.unique_tokens": ("data", "unique_tokens")}
 
 
 def _axes(table: Table, bases: dict[str, tuple]) -> list[dict[str, dict]]:
     """Extra sweep axes, e.g. `[axes]  "optimizer.lr" = [1e-3, 3e-3]`, crossed with every grid point:
-    one {"optim": {field: value}, "train": {...}} per combination. Each value is checked by the config
+    one {"optim": {field: value}, "train": {...}, "data": {...}} per combination. Each value is checked by the config
     it varies: the sweep's own (`bases`: the config and its Settings) with that one value in it."""
     lists = []
     for key in list(table.data):
@@ -316,7 +324,7 @@ def _axes(table: Table, bases: dict[str, tuple]) -> list[dict[str, dict]]:
     table.finish()
     combinations = []
     for combination in itertools.product(*lists):
-        overrides = {"optim": {}, "train": {}}
+        overrides = {"optim": {}, "train": {}, "data": {}}
         for part, name, value in combination:
             overrides[part][name] = value
         combinations.append(overrides)
@@ -330,7 +338,8 @@ def _runs(file: str, shared: dict, optim: OptimConfig, train: TrainConfig, grids
         try:
             spec = RunSpec(grid=kind, model=model, optim=dataclasses.replace(optim, **overrides["optim"]),
                            train=dataclasses.replace(train, tokens=tokens, **overrides["train"]), seed=seed,
-                           flops_budget=budget, **shared)
+                           flops_budget=budget, **{**shared, "data": dataclasses.replace(shared["data"],
+                                                                                         **overrides["data"])})
         except ConfigValueError as e:  # each axis value passed alone: two of them together are refused
             raise ConfigError(file, "axes", str(e)) from None
         runs.setdefault(spec.run_id, spec)
@@ -347,6 +356,14 @@ def check_runs(file: str, specs, device_count: int | None) -> None:
     """check_devices for some runs (`file`: the sweep file, for the error)."""
     for spec in specs:
         _check_run(file, spec, device_count)
+
+
+def _prepared_vocab_size(file: str, data: DataConfig) -> int | None:
+    from scaling.data.sources import DataError, prepared_vocab_size
+    try:
+        return prepared_vocab_size(data.paths, data.base_dir)
+    except DataError as e:
+        raise ConfigError(file, "data.paths", str(e)) from None
 
 
 def _check_data(file: str, data: DataConfig, vocab_size: int) -> None:

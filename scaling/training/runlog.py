@@ -57,7 +57,8 @@ class RunContext:
                                            vocab_size=m.vocab_size, val_fraction=spec.data.val_fraction,
                                            base_dir=spec.data.base_dir, synthetic=spec.data.synthetic,
                                            tasks=spec.data.tasks, facts=spec.data.facts)
-        self.batcher = data_mod.Batcher(self.source.train, m.seq_len, spec.batch_size, spec.data.data_seed)
+        self.batcher = data_mod.Batcher(self.source.train, m.seq_len, spec.batch_size, spec.data.data_seed,
+                                        spec.data.unique_tokens)
         # This process loads share `data_share` of `n_shares` of every batch's rows (multi-host: only its own).
         self.data_share, self.n_shares, self.local_shards = shd.process_share(mesh)
         n_val = tr.n_eval_windows(spec, shd.batch_shards(mesh), len(self.source.val) // m.seq_len)
@@ -78,7 +79,9 @@ class RunContext:
         device_kind = jax.devices()[0].device_kind
         self.columns = {"peak_flops": self.peak.flops_per_second, "peak_flops_source": self.peak.source,
                         "device_kind": device_kind, "n_devices": mesh.size,
-                        "mesh": f"{spec.mesh.preset}:{shd.describe(mesh)}"}
+                        "mesh": f"{spec.mesh.preset}:{shd.describe(mesh)}",
+                        # The distinct tokens training draws from: data.unique_tokens, else the whole split.
+                        "unique_tokens": self.batcher.unique_tokens}
         self.config = {"data_content_hash": self.source.content_hash, "device_kind": device_kind,
                        "n_devices": mesh.size, "process_count": jax.process_count(), "mesh": self.columns["mesh"],
                        "steps": spec.steps, "batch_size": spec.batch_size, "micro_batches": program.n_micro,
@@ -103,8 +106,9 @@ class RunContext:
         ev = tr.evaluate(self.program, params, self.val_windows, self.chunk)
         values = dict(val_loss=ev["val_loss"], val_entropy=ev["val_entropy"], val_ece=ev["val_ece"],
                       grad_norm=grad_norm, tokens_per_second=tokens_per_second, mfu=self.mfu(tokens_per_second))
-        if self.source.bytes_per_token:
-            values["val_bits_per_byte"] = ev["val_loss"] / math.log(2) / self.source.bytes_per_token
+        if self.source.token_bytes is not None:  # the exact bytes of these windows' targets
+            values["val_bits_per_byte"] = data_mod.bits_per_byte(ev["val_loss"], self.val_windows,
+                                                                 self.source.token_bytes)
         if self.probes:
             values.update(self.probes.evaluate(params))
         return values, ev["ece_bins"]
@@ -206,6 +210,7 @@ class RunLog:
         return {**self.base, **(over or {}), "status": "running", "error": None, "tokens": tokens,
                 "flops": self.ctx.flops_per_token * tokens,
                 "flops_6nd": flops_6nd(self.base["n_params_nonembed"], tokens), "val_bits_per_byte": math.nan,
+                "epochs": tokens / self.base["unique_tokens"],
                 **self.ctx.extra, **values}
 
     def evaluation(self, step: int, values: dict, bins) -> dict:
