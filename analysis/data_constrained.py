@@ -17,6 +17,12 @@ Fitted as the paper does (Sec. 6, App. A): E, A, B, alpha, beta by approach 3 (a
 the single-epoch runs (R_D = 0, where D' = D), then R*_D by the same Huber objective on the repeated
 runs with those five fixed. The bootstrap resamples whole runs, the single-epoch and the repeated runs
 each among themselves (the two stages' data), and refits both stages.
+
+Eq. 5 lets repeated data lose value, never do harm: D' only saturates. Past some number of epochs a
+small corpus is overfitted and more training *raises* the loss (the paper's Fig. 3 shows it at
+many epochs). Such a run is outside the law, so by default (`overfitted="drop"`) a repeated run
+whose loss is above that of a run of the same N and U trained on fewer tokens is left out of the
+fit, and listed in `fit.dropped` with the reason; `overfitted="keep"` fits every run.
 """
 
 from __future__ import annotations
@@ -53,7 +59,8 @@ def data_constrained_loss(params, N, D, U):
 
 def fit_data_constrained(records: pd.DataFrame, *, param_count: str = "all", loss: str = "val_loss",
                          bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0, statuses=("complete",),
-                         huber_delta: float | str = "matched", n_refine: int | None = 8) -> Fit:
+                         huber_delta: float | str = "matched", n_refine: int | None = 8,
+                         overfitted: str = "drop") -> Fit:
     """Fit L(N, D, U) of Muennighoff et al. 2023 (eq. 5-6, D' only) to runs (`load_runs`) or curves
     (each run's final row is used). Needs the `unique_tokens` column (records of `[data]
     unique_tokens`; without the key a run's unique_tokens is its whole train split).
@@ -67,11 +74,17 @@ def fit_data_constrained(records: pd.DataFrame, *, param_count: str = "all", los
     its search range (1e4: repetition as good as fresh data within these runs; 1e-2: worthless).
     """
     require(bootstrap >= 0, f"bootstrap must be >= 0, got {bootstrap}")
+    require(overfitted in ("drop", "keep"), f'overfitted must be "drop" or "keep", got {overfitted!r}')
     n_col = param_column(param_count)
     what = "data-constrained law"
     rows, dropped = usable(records, [n_col, "tokens", "unique_tokens", loss], statuses, what,
                            positive=[n_col, "tokens", "unique_tokens", loss])
     runs = final_rows(rows).reset_index(drop=True)
+    worse = _overfitted(*(runs[c].to_numpy(float) for c in (n_col, "tokens", "unique_tokens", loss)))
+    overfit_dropped = runs.loc[worse].assign(reason="overfitted: loss above a run of the same N and unique "
+                                                    "tokens trained on fewer tokens (outside eq. 5)")
+    if overfitted == "drop":
+        runs = runs.loc[~worse].reset_index(drop=True)
     N, D, U, L = (runs[c].to_numpy(float) for c in (n_col, "tokens", "unique_tokens", loss))
     epochs = D / U
     single = epochs <= SINGLE_EPOCH
@@ -113,12 +126,22 @@ def fit_data_constrained(records: pd.DataFrame, *, param_count: str = "all", los
         law="Data-constrained (Muennighoff et al. 2023)",
         formula="L = E + A/N^alpha + B/D'^beta; D' = U_D + U_D R_D_star (1 - exp(-R_D/R_D_star)), R_D = D/U_D - 1",
         inputs=("N", "D", "U"), params=params, intervals=intervals_from(samples, NAMES), data=data,
-        dropped=dropped_frame([summary_of_dropped(dropped)]),
+        dropped=dropped_frame([summary_of_dropped(dropped)]
+                              + ([summary_of_dropped(overfit_dropped)] if overfitted == "drop" else [])),
         quality={"huber_objective_repeated": float(objective[0]), **log_quality(ln_l, np.log(predicted))},
         settings={"N": n_col, "D": "tokens", "U": "unique_tokens", "loss": loss, "bootstrap": bootstrap, "seed": seed,
                   "huber_delta": float(delta), "n_single_epoch": int(s.sum()), "n_repeated": int(r.sum()),
-                  "R_D_star_at_bound": at_bound},
+                  "R_D_star_at_bound": at_bound, "overfitted": overfitted, "n_overfitted": int(worse.sum())},
         model=data_constrained_loss, samples=samples, n_fitted=len(NAMES))
+
+
+def _overfitted(N, D, U, L) -> np.ndarray:
+    """Repeated runs (D > U) whose loss is above that of a run of the same N and U on fewer tokens."""
+    out = np.zeros(len(N), bool)
+    for i in np.flatnonzero(D > U * SINGLE_EPOCH):
+        fewer = (N == N[i]) & (U == U[i]) & (D < D[i])
+        out[i] = bool(fewer.any() and L[i] > L[fewer].min())
+    return out
 
 
 def _fit_r_star(base: np.ndarray, N, D, U, ln_l, weights, delta: float) -> tuple[np.ndarray, np.ndarray]:

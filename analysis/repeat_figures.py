@@ -36,6 +36,7 @@ def epochs_figure(runs: pd.DataFrame, fit: Fit | None = None, *, loss: str = "va
               if rows["passes"].nunique() >= 2]
     if not groups:
         raise ValueError("no model size trained at one number of tokens on two or more amounts of unique data")
+    left_out = set(fit.dropped["run_id"]) if fit is not None and "run_id" in fit.dropped else set()
     fig = Figure(figsize=(13, 5), layout="constrained")
     ax, ax_eff = fig.subplots(1, 2)
     norm = _size_norm(final[n_col])
@@ -44,12 +45,16 @@ def epochs_figure(runs: pd.DataFrame, fit: Fit | None = None, *, loss: str = "va
     for (n, d), rows in groups:
         color = colormaps[SIZE_CMAP](norm(n))
         label = f"N = {n:.3g}, D = {d:.3g} (C = 6ND = {6 * n * d:.2g} FLOPs)"
-        ax.plot(rows["passes"], rows[loss], markers[d], color=color, ms=5, ls="none", label=label)
+        out = rows["run_id"].isin(left_out) if "run_id" in rows else np.zeros(len(rows), bool)
+        ax.plot(rows["passes"][~out], rows[loss][~out], markers[d], color=color, ms=5, ls="none", label=label)
+        ax.plot(rows["passes"][out], rows[loss][out], markers[d], color=color, mfc="none", ms=6, ls="none")
         if fit is not None:
             passes = np.geomspace(1, rows["passes"].max() * 1.3, 100)
             ax.plot(passes, fit.predict(N=n, D=d, U=d / passes), ls="--", color=color, lw=1.2, alpha=0.8)
     if fit is not None:
         ax.plot([], [], ls="--", color="0.4", label="fitted law L(N, D')")
+    if left_out:
+        ax.plot([], [], "o", color="0.4", mfc="none", ls="none", label="left out of the fit (overfitted)")
     _log_x(ax)
     _log_loss_axis(ax)
     ax.set_xlabel(EPOCHS_LABEL)

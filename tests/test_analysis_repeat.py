@@ -75,3 +75,24 @@ def test_scaling_fit_picks_the_data_constrained_law_for_repeated_data(tmp_path, 
     assert "Muennighoff" in out and "R_D_star" in out
     assert main(["fit", str(sweep), "--law", "data-constrained", "--holdout-flops", "1e15"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_overfitted_runs_are_left_out_and_listed():
+    """A repeated run whose loss rises above that of the same N and U on fewer tokens is outside
+    eq. 5 (D' only saturates): dropped by default with its reason, kept on request."""
+    runs = summaries(repeated_records(seed=3, noise=0.01))
+    repeated = runs[runs["epochs"] >= 4]
+    worst = repeated.iloc[0]
+    # The same N and U on half the tokens (still repeated), at a lower loss: more training did harm.
+    twin = worst.copy()
+    twin["run_id"], twin["tokens"], twin["val_loss"] = "twin", worst["tokens"] // 2, worst["val_loss"] / 1.5
+    twin["epochs"] = twin["tokens"] / twin["unique_tokens"]
+    spoiled = pd.concat([runs, twin.to_frame().T.astype(runs.dtypes)], ignore_index=True)
+    clean, kept = (fit_data_constrained(spoiled, bootstrap=0, overfitted=o) for o in ("drop", "keep"))
+    n_repeated = int((runs["epochs"] > 1).sum())
+    assert clean.settings["n_overfitted"] == 1 and clean.settings["n_repeated"] == n_repeated  # twin in, worst out
+    assert list(clean.dropped["run_id"]) == [worst["run_id"]] and "overfitted" in clean.dropped["reason"].iloc[0]
+    assert kept.settings["n_repeated"] == n_repeated + 1 and kept.dropped.empty
+    assert fit_data_constrained(runs, bootstrap=0).settings["n_overfitted"] == 0  # the law never overfits
+    with pytest.raises(ValueError, match="overfitted must be"):
+        fit_data_constrained(runs, bootstrap=0, overfitted="maybe")
