@@ -27,6 +27,7 @@ from scaling.config_checks import (
     text,
 )
 from scaling.config_facts import FactsConfig
+from scaling.config_recipe import RecipeConfig
 
 
 class ConfigError(Exception):
@@ -171,6 +172,7 @@ class DataConfig:
     facts: FactsConfig | None = None  # source "facts" only (scaling/config_facts.py)
     tasks: TasksConfig | None = None
     unique_tokens: int | None = None  # repeated data: train on this many distinct tokens (scaling/data/batches.py)
+    recipe: RecipeConfig | None = None  # sources mixed and filtered, instead of source and paths (config_recipe.py)
 
     def __post_init__(self):
         check(self, source=choice(SOURCES), paths=strings("expected a list of strings (files or globs)"),
@@ -179,7 +181,10 @@ class DataConfig:
             raise ConfigValueError("paths", f"expected at least one path for source = {self.source!r}")
         check(self, dtype=choice(TOKEN_DTYPES), val_fraction=number(gt=0, le=0.5), data_seed=integer(ge=0),
               base_dir=text(), synthetic=instance(SyntheticConfig, optional=True),
-              facts=instance(FactsConfig, optional=True), tasks=instance(TasksConfig, optional=True))
+              facts=instance(FactsConfig, optional=True), tasks=instance(TasksConfig, optional=True),
+              recipe=instance(RecipeConfig, optional=True))
+        if self.recipe is not None and (self.source != "stdlib" or self.paths):
+            raise ConfigValueError("recipe", "a recipe's components are its sources: expected no source or paths")
         for name in ("synthetic", "facts"):
             if getattr(self, name) is not None and self.source != name:
                 raise ConfigValueError(name, f'settings for source = "{name}", but source = {self.source!r}')
@@ -419,7 +424,7 @@ _EXECUTION_ONLY = {"mesh", "sweep", "train.micro_batch", "train.checkpoint_every
 # Optional instruments, hashed only when set: a sweep without them keeps the run ids it had before
 # they existed.
 _HASHED_WHEN_SET = {"data.synthetic", "data.facts", "data.tasks", "sampling", "optim.warmup_steps",
-                    "train.eval_spacing", "data.unique_tokens"}
+                    "train.eval_spacing", "data.unique_tokens", "data.recipe"}
 
 
 @dataclass(frozen=True)
@@ -487,6 +492,7 @@ class RunSpec:
                "label_smoothing": train.label_smoothing, "entropy_coef": train.entropy_coef}
         out.update({"budget": f"{self.flops_budget:.3g}"} if self.flops_budget is not None else {})
         out.update({"unique_tokens": self.data.unique_tokens} if self.data.unique_tokens is not None else {})
+        out.update({"recipe": self.data.recipe.name} if self.data.recipe is not None else {})
         return {k: str(v) for k, v in out.items()}
 
 

@@ -52,6 +52,7 @@ SCHEMA = pa.schema([
     # Repeated data (`[data] unique_tokens`, scaling/data/batches.py): the distinct training tokens the run
     # draws from (the whole train split when the key is unset) and tokens / unique_tokens so far.
     ("unique_tokens", pa.int64()), ("epochs", pa.float64()),
+    ("recipe", pa.string()),  # the data recipe's name (`[recipes.<name>]`); null for a run without one
 ])
 
 STATUSES = ("running", "complete", "diverged", "failed")
@@ -218,6 +219,7 @@ def base_row(spec: RunSpec) -> dict:
         "lr_source": spec.lr_source, "stage": spec.stage, "lr_peak": spec.optim.lr,
         # Known from the spec when set (whole windows of seq_len); else the split's size, which the run sets.
         "unique_tokens": None if spec.data.unique_tokens is None else spec.data.unique_tokens // m.seq_len * m.seq_len,
+        "recipe": spec.data.recipe.name if spec.data.recipe is not None else None,
     }
 
 

@@ -12,7 +12,9 @@ Sources (DESIGN.md, "Data sources"):
 - ``facts``: K key -> value records with Zipf frequencies (scaling/data/facts.py): an exact optimal
   loss, and known data and parameter exponents (``TokenSource.true_exponents``).
 
-Any byte-level source can have task documents mixed in (``tasks``; scaling/data/tasks.py).
+Any byte-level source can have task documents mixed in (``tasks``; scaling/data/tasks.py). A data
+recipe (``recipe``; scaling/data/recipe.py) mixes ``stdlib`` and ``text`` sources by weight and
+filters their documents; it is built and cached like a byte source.
 
 Byte sources are packed the standard way: documents (files) are concatenated, each followed by one
 end-of-document byte ``SEPARATOR`` (NUL, which a text file never contains, so it acts as a
@@ -62,7 +64,7 @@ from typing import Callable
 import numpy as np
 
 from scaling.config import FactsConfig, SyntheticConfig
-from scaling.data import corpus, facts as facts_mod, splitcache, synthetic as syn
+from scaling.data import corpus, facts as facts_mod, recipe as recipe_mod, splitcache, synthetic as syn
 from scaling.data.errors import DataError
 from scaling.data.tasks import mix_tasks
 
@@ -247,20 +249,29 @@ def _stdlib_files() -> list[tuple[str, Path]]:
 
 def open_source(source: str = "stdlib", *, paths: Sequence[str] = (), dtype: str = "uint16",
                 vocab_size: int | None = None, val_fraction: float = 0.02,
-                base_dir: str | Path = ".", synthetic=None, tasks=None, facts=None) -> TokenSource:
+                base_dir: str | Path = ".", synthetic=None, tasks=None, facts=None, recipe=None) -> TokenSource:
     """Open (building the cache on first use) a token source; cached per process.
 
     `synthetic` (a config.SyntheticConfig) parameterises source "synthetic" (defaults when None),
     `facts` (a config.FactsConfig) source "facts";
-    `tasks` (a config.TasksConfig) mixes task documents into a byte-level source.
+    `tasks` (a config.TasksConfig) mixes task documents into a byte-level source;
+    `recipe` (a config.RecipeConfig), when given, is the data instead of `source` and `paths`.
     """
-    check_source(source, paths=paths, dtype=dtype, vocab_size=vocab_size, base_dir=base_dir,
-                 val_fraction=val_fraction)
+    if recipe is None:
+        check_source(source, paths=paths, dtype=dtype, vocab_size=vocab_size, base_dir=base_dir,
+                     val_fraction=val_fraction)
+    else:
+        for i, component in enumerate(recipe.components):
+            try:
+                check_source(component.source, paths=component.paths, vocab_size=vocab_size, base_dir=base_dir,
+                             val_fraction=val_fraction)
+            except DataError as e:
+                raise DataError(f"recipe {recipe.name!r}: components[{i}]: {e}") from None
     base = str(Path(base_dir).expanduser().resolve())
     # The cache folder is part of the key so that a changed $SCALING_CACHE_DIR is honoured.
     opened = _open_cached(source, _as_tuple(paths), dtype, vocab_size, float(val_fraction), base,
                           str(cache_dir()), synthetic if source == "synthetic" else None,
-                          facts if source == "facts" else None)
+                          facts if source == "facts" else None, recipe)
     if tasks is None or not tasks.tasks:
         return opened
     return mix_tasks(opened, tasks, cache_dir())
@@ -268,7 +279,10 @@ def open_source(source: str = "stdlib", *, paths: Sequence[str] = (), dtype: str
 
 @functools.lru_cache(maxsize=None)
 def _open_cached(source: str, paths: tuple[str, ...], dtype: str, vocab_size: int | None,
-                 val_fraction: float, base_dir: str, cache: str, synthetic=None, facts=None) -> TokenSource:
+                 val_fraction: float, base_dir: str, cache: str, synthetic=None, facts=None,
+                 recipe=None) -> TokenSource:
+    if recipe is not None:
+        return _open_recipe(recipe, vocab_size, val_fraction, base_dir, Path(cache))
     if source == "synthetic":
         config = synthetic or SyntheticConfig()
         train, val, content_hash, split_rule = syn.open_synthetic(config, Path(cache))
@@ -286,19 +300,36 @@ def _open_cached(source: str, paths: tuple[str, ...], dtype: str, vocab_size: in
                            token_bytes=np.ones(BYTE_VOCAB_SIZE, dtype=np.int64))
     if source == "tokens":
         return _open_tokens(paths[0], dtype, vocab_size, val_fraction, base_dir, Path(cache))
-    if source == "stdlib":
-        docs = _stdlib_files()
-        tag = f"stdlib-py{sys.version_info.major}.{sys.version_info.minor}"
-        salt = sys.version
-    else:
-        docs = _resolve_text_paths(paths, base_dir)
-        tag, salt = "text", ""
+    tag, salt, docs = _documents(source, paths, base_dir)
     train, val, manifest = _open_byte_corpus(tag, salt, docs, val_fraction, Path(cache))
+    return _byte_source(source, vocab_size, manifest, train, val)
+
+
+def _documents(source: str, paths: tuple[str, ...], base_dir: str) -> tuple[str, str, list[tuple[str, Path]]]:
+    """(cache tag, salt, documents) of a byte source; the salt names what else the bytes depend on."""
+    if source == "stdlib":
+        return f"stdlib-py{sys.version_info.major}.{sys.version_info.minor}", sys.version, _stdlib_files()
+    return "text", "", _resolve_text_paths(paths, base_dir)
+
+
+def _byte_source(name: str, vocab_size: int | None, manifest: dict, train, val) -> TokenSource:
     token_bytes = np.ones(BYTE_VOCAB_SIZE, dtype=np.int64)
     token_bytes[SEPARATOR[0]] = 0  # the end of a document is no text byte
-    return TokenSource(name=source, vocab_size=_byte_vocab_size(vocab_size),
+    return TokenSource(name=name, vocab_size=_byte_vocab_size(vocab_size),
                        content_hash=manifest["content_hash"], train=train, val=val,
                        bytes_per_token=1.0, split_rule=manifest["split_rule"], token_bytes=token_bytes)
+
+
+def _open_recipe(recipe, vocab_size: int | None, val_fraction: float, base_dir: str, cache: Path) -> TokenSource:
+    components = [_documents(c.source, c.paths, base_dir)[1:] for c in recipe.components]
+    stem = recipe_mod.cache_stem(recipe, components, val_fraction, cache)
+    manifest = _read_manifest(stem)
+    if manifest is None:
+        manifest = recipe_mod.build(stem, recipe, [docs for _, docs in components],
+                                    lambda name: _in_val(name, val_fraction), SEPARATOR)
+    train = np.memmap(f"{stem}.train.bin", dtype=np.uint8, mode="r")
+    val = np.memmap(f"{stem}.val.bin", dtype=np.uint8, mode="r")
+    return _byte_source(f"recipe:{recipe.name}", vocab_size, manifest, train, val)
 
 
 def _in_val(doc_name: str, val_fraction: float) -> bool:

@@ -28,6 +28,7 @@ from scaling.config import (
 from scaling.config_checks import check, choice, entries, field_default, field_types, flag, instance, integer, text
 from scaling.sweep.grids import BYTE_VOCAB, ShapeRule, grid_points
 from scaling.sweep.instruments import read_facts, read_sampling, read_synthetic, read_tasks
+from scaling.sweep.recipes import check_recipes, data_recipe, lookup, read_recipes
 from scaling.sweep.table import Settings, Table, folder_name_problem, from_toml, int_list, unique
 from scaling.sweep.replicate import ReplicateConfig, replicas
 from scaling.sweep.repetition import resolve_unique_tokens
@@ -109,7 +110,8 @@ def load_sweep(path: str | Path, *, device_count: int | None = None, for_tuning:
         set_keys(data, [f"sweep.out_dir={json.dumps(str(out_dir))}"], str(path))
     root = Table(str(path), "", data)
     sweep, seeds = _sweep_settings(root.sub("sweep"), path)
-    data, data_settings, rule = _data_and_shape_rule(root, _base_dir(path))
+    recipes = read_recipes(root)
+    data, data_settings, rule = _data_and_shape_rule(root, _base_dir(path), recipes)
     lr_tuned = _takes_tuned_lr(root)
     optim, optim_settings, branch = _optim(root.sub("optimizer"), root.sub("schedule"))
     tune = root.sub("tune").config(TuneConfig) if "tune" in root.data else None
@@ -121,7 +123,7 @@ def load_sweep(path: str | Path, *, device_count: int | None = None, for_tuning:
     mesh, slurm, ray = (root.sub(k).config(cls) for k, cls in (("mesh", MeshConfig), ("slurm", SlurmConfig),
                                                                 ("ray", RayConfig)))
     axes = _axes(root.sub("axes"), {"optim": (optim, optim_settings), "train": (train, train_settings),
-                                    "data": (data, data_settings)})
+                                    "data": (data, data_settings)}, recipes)
     sampling = read_sampling(root, rule.seq_len, rule.vocab_size)
     grids = grid_points(root, rule, train.batch_tokens)
     root.finish()
@@ -131,6 +133,7 @@ def load_sweep(path: str | Path, *, device_count: int | None = None, for_tuning:
     shared = dict(sweep=sweep.values["name"], data=data, mesh=mesh, sampling=sampling,
                   **{k: sweep.values[k] for k in ("tracker", "tracker_project") if k in sweep.values})
     runs = _runs(root.file, shared, optim, train, grids, axes, seeds)
+    check_recipes(root.file, runs)
     runs = resolve_unique_tokens(root.file, runs)
     if overrides:
         runs = tuple(dataclasses.replace(spec, overrides=overrides) for spec in runs)
@@ -237,7 +240,7 @@ def _sweep_settings(table: Table, path: Path) -> tuple[Settings, list[int]]:
     return settings, seeds
 
 
-def _data_and_shape_rule(root: Table, base_dir: str) -> tuple[DataConfig, Settings, ShapeRule]:
+def _data_and_shape_rule(root: Table, base_dir: str, recipes) -> tuple[DataConfig, Settings, ShapeRule]:
     """[data] and [model]: the data (and the settings it was read from), and the rule that makes the
     models (data.vocab_size and data.seq_len are every model's)."""
     data_table, model_table = root.sub("data"), root.sub("model")
@@ -251,8 +254,10 @@ def _data_and_shape_rule(root: Table, base_dir: str) -> tuple[DataConfig, Settin
     synthetic = read_synthetic(data_table, source)
     facts = read_facts(data_table, source)
     tasks = read_tasks(data_table, rule.seq_len)
+    recipe = data_recipe(data_table, recipes)
     data_table.finish()
-    data = data_settings.build(DataConfig, base_dir=base_dir, synthetic=synthetic, facts=facts, tasks=tasks)
+    data = data_settings.build(DataConfig, base_dir=base_dir, synthetic=synthetic, facts=facts, tasks=tasks,
+                               recipe=recipe)
     # The tokenizer is the source's: bytes, or the token files' own vocabulary.
     if data.source == "tokens" and "vocab_size" not in data_table.data:
         vocab_size = _prepared_vocab_size(root.file, data)  # a folder of `scaling prepare` says
@@ -296,13 +301,15 @@ def _train(table: Table, seq_len: int) -> tuple[TrainConfig, Settings]:
 # The [axes] keys: which config each one varies ("optim", "train" or "data"), and its field there.
 AXES = {"optimizer.lr": ("optim", "lr"), "optimizer.weight_decay": ("optim", "weight_decay"),
         "schedule.kind": ("optim", "schedule"), "train.label_smoothing": ("train", "label_smoothing"),
-        "train.entropy_coef": ("train", "entropy_coef"), "data.unique_tokens": ("data", "unique_tokens")}
+        "train.entropy_coef": ("train", "entropy_coef"), "data.unique_tokens": ("data", "unique_tokens"),
+        "data.recipe": ("data", "recipe")}
 
 
-def _axes(table: Table, bases: dict[str, tuple]) -> list[dict[str, dict]]:
+def _axes(table: Table, bases: dict[str, tuple], recipes) -> list[dict[str, dict]]:
     """Extra sweep axes, e.g. `[axes]  "optimizer.lr" = [1e-3, 3e-3]`, crossed with every grid point:
     one {"optim": {field: value}, "train": {...}, "data": {...}} per combination. Each value is checked by the config
-    it varies: the sweep's own (`bases`: the config and its Settings) with that one value in it."""
+    it varies: the sweep's own (`bases`: the config and its Settings) with that one value in it. A recipe is
+    given by name (`recipes`: the [recipes.<name>] tables)."""
     lists = []
     for key in list(table.data):
         if key not in AXES:
@@ -311,6 +318,8 @@ def _axes(table: Table, bases: dict[str, tuple]) -> list[dict[str, dict]]:
         config, settings = bases[part]
         values = table.list(key)
         unique(table, f'"{key}"', values)
+        if key == "data.recipe":
+            values = [lookup(table.file, table.key(f'"{key}"[{i}]'), v, recipes) for i, v in enumerate(values)]
         values = [from_toml(v, field_types(type(config))[name]) for v in values]
         for i, value in enumerate(values):
             where = table.key(f'"{key}"[{i}]')

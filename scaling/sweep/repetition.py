@@ -44,7 +44,8 @@ def _check(file: str, runs: tuple[RunSpec, ...]) -> None:
     split_tokens: dict[tuple, int] = {}
     for spec in repeated:
         key = (spec.data.source, spec.data.paths, spec.data.dtype, spec.data.val_fraction, spec.data.base_dir,
-               repr(spec.data.synthetic), repr(spec.data.facts), repr(spec.data.tasks), spec.model.vocab_size,
+               repr(spec.data.synthetic), repr(spec.data.facts), repr(spec.data.tasks), repr(spec.data.recipe),
+               spec.model.vocab_size,
                spec.model.seq_len)
         if key not in split_tokens:
             split_tokens[key] = _train_windows(file, spec) * spec.model.seq_len
@@ -60,7 +61,7 @@ def _train_windows(file: str, spec: RunSpec) -> int:
     try:
         source = open_source(d.source, paths=d.paths, dtype=d.dtype, vocab_size=spec.model.vocab_size,
                              val_fraction=d.val_fraction, base_dir=d.base_dir, synthetic=d.synthetic,
-                             tasks=d.tasks, facts=d.facts)
+                             tasks=d.tasks, facts=d.facts, recipe=d.recipe)
     except DataError as e:
         raise ConfigError(file, "data", str(e)) from None
     return (len(source.train) - 1) // spec.model.seq_len

@@ -56,7 +56,7 @@ class RunContext:
         self.source = data_mod.open_source(spec.data.source, paths=spec.data.paths, dtype=spec.data.dtype,
                                            vocab_size=m.vocab_size, val_fraction=spec.data.val_fraction,
                                            base_dir=spec.data.base_dir, synthetic=spec.data.synthetic,
-                                           tasks=spec.data.tasks, facts=spec.data.facts)
+                                           tasks=spec.data.tasks, facts=spec.data.facts, recipe=spec.data.recipe)
         self.batcher = data_mod.Batcher(self.source.train, m.seq_len, spec.batch_size, spec.data.data_seed,
                                         spec.data.unique_tokens)
         # This process loads share `data_share` of `n_shares` of every batch's rows (multi-host: only its own).
