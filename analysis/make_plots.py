@@ -14,6 +14,8 @@ the figures its records support are written to `<sweep>/figures/` as PNG and PDF
     chinchilla_e_profile                 the same: approach 3's objective over a fixed E, leave one shape out
     emergence_<task>                     runs with probe columns (probe/<task>/<metric>), one per task
     confidence                           runs that record val_entropy and val_ece, at 2+ model sizes
+    eval_sets                            runs with evaluation sets (val/<set>/loss): loss and ECE per set
+                                         against N (analysis.evalset_figures)
     reliability                          runs with calibration tables (calibration.parquet)
     truth                                runs on a source whose answers are known (val_loss_optimal):
                                          every fitted E and exponent against its truth
@@ -48,6 +50,7 @@ from analysis.audit import audit_with_fit  # noqa: E402
 from analysis.chinchilla import fit_chinchilla  # noqa: E402
 from analysis.data_constrained import fit_data_constrained  # noqa: E402
 from analysis.emergence import load_calibration, probe_tasks  # noqa: E402
+from analysis.evalset_figures import eval_set_names, eval_sets_figure  # noqa: E402
 from analysis.fit_result import DEFAULT_BOOTSTRAP  # noqa: E402
 from analysis.grid_figures import kaplan_grid  # noqa: E402
 from analysis.kaplan import fit_kaplan  # noqa: E402
@@ -155,6 +158,8 @@ def sweep_figures(sweep_dir: Path, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int
     if {"val_entropy", "val_ece"} <= set(final) and final["val_entropy"].notna().any() \
             and final["n_params"].nunique() > 1:
         attempt("confidence", lambda: plots.confidence_figure(final.dropna(subset=["val_entropy", "val_ece"])))
+    if eval_set_names(final):
+        attempt("eval_sets", lambda: eval_sets_figure(final))
     calibration = load_calibration(sweep_dir)
     if not calibration.empty:
         attempt("reliability", lambda: plots.reliability_figure(calibration, runs))

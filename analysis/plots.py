@@ -20,6 +20,8 @@ draw that true floor as a dashed line. The emergence and confidence figures live
     confidence_figure(runs)           final predictive entropy and ECE against model size
     reliability_figure(calibration)   reliability diagrams (15 confidence bins)
 
+loss and ECE on each evaluation set against N (`eval_sets_figure`) in `analysis.evalset_figures`;
+
 the Kaplan grid's own figure lives in `analysis.grid_figures` (it draws with this module's styles):
 
     kaplan_grid(history, fits)        loss against D per size and against N per data size: every end

@@ -26,8 +26,10 @@ from scaling.config_checks import (
     ConfigValueError, check, choice, entries, flag, from_dict, instance, integer, number, strings, task_name_problem,
     text,
 )
+from scaling.config_evals import EvalConfig
 from scaling.config_facts import FactsConfig
 from scaling.config_recipe import RecipeConfig
+from scaling.config_synthetic import SyntheticConfig
 
 
 class ConfigError(Exception):
@@ -87,35 +89,6 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
-
-
-@dataclass(frozen=True)
-class SyntheticConfig:
-    """The known-entropy `synthetic` source: a Zipf-weighted mixture of random Markov chains of
-    several orders (scaling/data/synthetic.py; sweeps/README.md `[data.synthetic]`)."""
-
-    seed: int = 0
-    components: int = 256
-    zipf_exponent: float = 1.2
-    alphabet: int = 16
-    orders: tuple[int, ...] = (1, 2, 3)
-    concentration: float = 0.2
-    end_prob: float = 0.02
-    train_tokens: int = 4_000_000
-    val_tokens: int = 100_000
-
-    def __post_init__(self):
-        # Token 0 separates documents: an alphabet is drawn from the other 255 byte values.
-        check(self, seed=integer(ge=0), components=integer(ge=1), zipf_exponent=number(ge=0),
-              alphabet=integer(ge=2, le=255), orders=entries(integer()))
-        if not self.orders or any(not 1 <= k <= 4 for k in self.orders):
-            raise ConfigValueError("orders", f"expected a non-empty list of orders in [1, 4], got {list(self.orders)}")
-        # A component of order k keeps a table row per context of k symbols.
-        if self.alphabet ** max(self.orders) > 1 << 16:
-            raise ConfigValueError("orders", f"alphabet^order = {self.alphabet}^{max(self.orders)} contexts is over "
-                                   "65536; lower the order or the alphabet")
-        check(self, concentration=number(gt=0), end_prob=number(gt=0, lt=1), train_tokens=integer(ge=1000),
-              val_tokens=integer(ge=1000))
 
 
 @dataclass(frozen=True)
@@ -422,9 +395,11 @@ _EXECUTION_ONLY = {"mesh", "sweep", "train.micro_batch", "train.checkpoint_every
                    "train.attention", "data.base_dir", "lr_source", "stage", "overrides", "tracker",
                    "tracker_project"}
 # Optional instruments, hashed only when set: a sweep without them keeps the run ids it had before
-# they existed.
+# they existed. `eval` (extra evaluation sets) does not change training but does change the records a
+# run writes, so a run with other sets is another run, not one "already complete".
 _HASHED_WHEN_SET = {"data.synthetic", "data.facts", "data.tasks", "sampling", "optim.warmup_steps",
-                    "train.eval_spacing", "data.unique_tokens", "data.recipe"}
+                    "train.eval_spacing", "data.unique_tokens", "data.recipe",
+                    "eval"}
 
 
 @dataclass(frozen=True)
@@ -439,6 +414,7 @@ class RunSpec:
     seed: int = 0
     flops_budget: float | None = None
     sampling: SamplingConfig | None = None
+    eval: EvalConfig | None = None  # [eval]: extra evaluation sets (scaling/config_evals.py)
     lr_source: str = "fixed"  # optim.lr as the sweep file gives it, or "tuned": from `scaling tune`'s rule
     stage: str = "main"  # or "tune": a learning-rate tuning run, never in a grid's fits
     overrides: tuple[str, ...] = ()  # the command line's `--set KEY=VALUE`s (recorded; the values they set are hashed)
@@ -449,7 +425,8 @@ class RunSpec:
         check(self, sweep=text(), grid=choice(GRIDS), model=instance(ModelConfig), data=instance(DataConfig),
               optim=instance(OptimConfig), train=instance(TrainConfig), mesh=instance(MeshConfig),
               seed=integer(ge=0), flops_budget=number(gt=0, optional=True),
-              sampling=instance(SamplingConfig, optional=True), lr_source=choice(("fixed", "tuned")),
+              sampling=instance(SamplingConfig, optional=True), eval=instance(EvalConfig, optional=True),
+              lr_source=choice(("fixed", "tuned")),
               stage=choice(("main", "tune")), overrides=strings("expected KEY=VALUE strings"),
               tracker=choice(TRACKERS), tracker_project=text("expected a project name"))
 

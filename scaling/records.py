@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 from scaling.config import RunSpec
 from scaling.flops import FLOPS_CONVENTION, param_counts
 
-# The fixed columns and their types; probe columns `probe/<task>/<metric>` (float64) are added freely.
+# The fixed columns and their types; probe columns `probe/<task>/<metric>` and evaluation-set columns
+# `val/<set>/<metric>` (scaling/config_evals.py) are float64, added freely.
 SCHEMA = pa.schema([
     ("run_id", pa.string()), ("sweep", pa.string()), ("seed", pa.int64()), ("data_seed", pa.int64()),
     ("status", pa.string()), ("error", pa.string()), ("grid", pa.string()),

@@ -470,7 +470,7 @@ def test_readme_examples_load(tmp_path, monkeypatch):
     blocks = re.findall(r"```toml\n(.*?)```", (ROOT / "sweeps" / "README.md").read_text(), re.S)
     assert len(blocks) >= 4
     counts = [len(_load(tmp_path, block, f"example{i}.toml", device_count=1).runs) for i, block in enumerate(blocks)]
-    assert counts == [4, 3, 8, 12, 4, 8]  # as the README says
+    assert counts == [4, 3, 8, 12, 4, 8, 2]  # as the README says
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])

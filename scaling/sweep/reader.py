@@ -26,6 +26,7 @@ from scaling.config import (
     RunSpec, SlurmConfig, TrainConfig,
 )
 from scaling.config_checks import check, choice, entries, field_default, field_types, flag, instance, integer, text
+from scaling.sweep.evalsets import read_eval
 from scaling.sweep.grids import BYTE_VOCAB, ShapeRule, grid_points
 from scaling.sweep.instruments import read_facts, read_sampling, read_synthetic, read_tasks
 from scaling.sweep.recipes import check_recipes, data_recipe, lookup, read_recipes
@@ -125,12 +126,13 @@ def load_sweep(path: str | Path, *, device_count: int | None = None, for_tuning:
     axes = _axes(root.sub("axes"), {"optim": (optim, optim_settings), "train": (train, train_settings),
                                     "data": (data, data_settings)}, recipes)
     sampling = read_sampling(root, rule.seq_len, rule.vocab_size)
+    evals = read_eval(root, data, rule.vocab_size)
     grids = grid_points(root, rule, train.batch_tokens)
     root.finish()
     if not grids:
         raise ConfigError(root.file, "grid", "the sweep has no runs: add a [grid] table (models x tokens) or an "
                           "[isoflop] table")
-    shared = dict(sweep=sweep.values["name"], data=data, mesh=mesh, sampling=sampling,
+    shared = dict(sweep=sweep.values["name"], data=data, mesh=mesh, sampling=sampling, eval=evals,
                   **{k: sweep.values[k] for k in ("tracker", "tracker_project") if k in sweep.values})
     runs = _runs(root.file, shared, optim, train, grids, axes, seeds)
     check_recipes(root.file, runs)

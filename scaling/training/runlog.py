@@ -21,6 +21,7 @@ from scaling.records import base_row
 from scaling.science import probes, sampling
 from scaling.science.metrics import reliability_table
 from scaling.training import sharding as shd, step as tr
+from scaling.training.evalsets import EvalSets
 from scaling.training.checkpoint import CheckpointError
 from scaling.training.tracker import Tracker
 
@@ -64,6 +65,7 @@ class RunContext:
         n_val = tr.n_eval_windows(spec, shd.batch_shards(mesh), len(self.source.val) // m.seq_len)
         self.val_windows = data_mod.validation_windows(self.source.val, m.seq_len, n_val)
         self.chunk = tr.eval_chunk(spec, shd.batch_shards(mesh))
+        self.eval_sets = EvalSets(spec, shd.batch_shards(mesh))  # [eval.sets.<name>]: scored beside val_windows
         self.evals = set(t.eval_steps(spec.steps))
         self.probes = probes.Probes(spec.data.tasks, m, t.compute_dtype) if spec.data.tasks else None
         # A source with a known distribution: its exact optimal loss on exactly these windows.
@@ -86,6 +88,8 @@ class RunContext:
                        "n_devices": mesh.size, "process_count": jax.process_count(), "mesh": self.columns["mesh"],
                        "steps": spec.steps, "batch_size": spec.batch_size, "micro_batches": program.n_micro,
                        "eval_sequences": len(self.val_windows), "flops_per_token": self.flops_per_token}
+        if self.eval_sets.sets:
+            self.config["eval_sets"] = self.eval_sets.describe()
 
     def batch(self, step: int):
         """The global batch of update `step` (1-based), from this process's rows of it."""
@@ -109,6 +113,7 @@ class RunContext:
         if self.source.token_bytes is not None:  # the exact bytes of these windows' targets
             values["val_bits_per_byte"] = data_mod.bits_per_byte(ev["val_loss"], self.val_windows,
                                                                  self.source.token_bytes)
+        values.update(self.eval_sets.evaluate(self.program, params, self.chunk))
         if self.probes:
             values.update(self.probes.evaluate(params))
         return values, ev["ece_bins"]
@@ -210,7 +215,7 @@ class RunLog:
         return {**self.base, **(over or {}), "status": "running", "error": None, "tokens": tokens,
                 "flops": self.ctx.flops_per_token * tokens,
                 "flops_6nd": flops_6nd(self.base["n_params_nonembed"], tokens), "val_bits_per_byte": math.nan,
-                "epochs": tokens / self.base["unique_tokens"],
+                "epochs": tokens / self.base["unique_tokens"], **self.ctx.eval_sets.blank(),
                 **self.ctx.extra, **values}
 
     def evaluation(self, step: int, values: dict, bins) -> dict:

@@ -318,7 +318,9 @@ def eval_chunk(spec: RunSpec, n_devices: int) -> int:
     return max(n_devices, min(spec.batch_size, -(-spec.train.eval_sequences // n_devices) * n_devices))
 
 
-def n_eval_windows(spec: RunSpec, n_devices: int, available: int) -> int:
+def n_eval_windows(spec: RunSpec, n_devices: int, available: int, sequences: int | None = None) -> int:
+    """The windows to score of `available`: about `sequences` (default: the run's eval_sequences), a
+    multiple of the evaluation chunk where there are enough, so that every block has the chunk's shape."""
     chunk = eval_chunk(spec, n_devices)
-    n = min(spec.train.eval_sequences, available)
+    n = min(spec.train.eval_sequences if sequences is None else sequences, available)
     return max(chunk, n // chunk * chunk) if available >= chunk else available // n_devices * n_devices
