@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -67,8 +68,9 @@ def compare_command(argv: list[str]) -> int:
     parser = _Parser(prog="scaling compare", description="The compute multiplier of sweep B over sweep A: the "
                                                          "compute A needs to reach B's loss, over B's compute, at "
                                                          "each of B's budgets and overall (Chinchilla approach 3).")
-    parser.add_argument("a_dir", help="the baseline sweep's results folder (A)")
-    parser.add_argument("b_dir", help="the new sweep's results folder (B)")
+    parser.add_argument("a_dir", help="the baseline sweep's results folder (A); FOLDER:COLUMN=VALUE takes only "
+                                      "its runs whose COLUMN is VALUE (e.g. results/mine:recipe=raw)")
+    parser.add_argument("b_dir", help="the new sweep's results folder (B), or FOLDER:COLUMN=VALUE")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP,
                         help=f"bootstrap replicates of each fit for the 95%% intervals (default {DEFAULT_BOOTSTRAP})")
     parser.add_argument("--format", default="md", choices=list(tables.FORMATS))
@@ -282,14 +284,34 @@ def _fragile(fit: Fit) -> list[str]:
     return fit.sensitivity.fragile_reasons(fit) if fit.sensitivity is not None else []
 
 
+def _selector(text: str) -> tuple[str, tuple[str, str] | None]:
+    """"FOLDER:COLUMN=VALUE" -> (FOLDER, (COLUMN, VALUE)); a plain folder (or one that exists as
+    written) -> (FOLDER, None)."""
+    head, sep, tail = text.rpartition(":")
+    if not sep or "=" not in tail or Path(text).exists():
+        return text, None
+    column, _, value = tail.partition("=")
+    return head, (column, value)
+
+
 def _compare(args) -> str:
     sweeps = []
     for folder in (args.a_dir, args.b_dir):
+        folder, selector = _selector(folder)
         runs, _ = _records(folder)
         names = sorted(runs["sweep"].dropna().unique()) if "sweep" in runs else []
         if len(names) > 1:
             raise UsageError(f"{folder} holds several sweeps ({', '.join(names)}): pass one sweep's folder")
-        sweeps.append((names[0] if names else str(folder), runs))
+        name = names[0] if names else str(folder)
+        if selector:
+            column, value = selector
+            if column not in runs:
+                raise UsageError(f"{folder}: no column {column!r} in its records (from {folder}:{column}={value})")
+            runs = runs.loc[runs[column].astype(str) == value]
+            if runs.empty:
+                raise UsageError(f"{folder}: no run has {column} = {value!r}")
+            name = f"{name}:{column}={value}"
+        sweeps.append((name, runs))
     (name_a, runs_a), (name_b, runs_b) = sweeps
     if args.bootstrap < 2:
         raise UsageError(f"--bootstrap must be >= 2 for the multiplier's interval, got {args.bootstrap}")

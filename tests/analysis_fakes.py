@@ -281,7 +281,8 @@ def summaries(history: pd.DataFrame) -> pd.DataFrame:
 def _table(frame: pd.DataFrame) -> pa.Table:
     fields = []
     for col in frame.columns:
-        kind = pa.string() if col in STRING_COLUMNS else pa.int64() if col in INT_COLUMNS else pa.float64()
+        text = col in STRING_COLUMNS or col == "recipe"  # recipe: present only in records of recipe sweeps
+        kind = pa.string() if text else pa.int64() if col in INT_COLUMNS else pa.float64()
         fields.append(pa.field(col, kind))
     return pa.Table.from_pandas(frame.reset_index(drop=True), schema=pa.schema(fields), preserve_index=False)
 

@@ -106,3 +106,22 @@ def test_compare_command_user_mistakes_exit_2_with_one_line(two_sweeps, capsys, 
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1
     assert captured.err.startswith("scaling compare: error:") and message in captured.err
+
+
+def test_compare_two_recipes_of_one_sweep(tmp_path, capsys):
+    """FOLDER:COLUMN=VALUE compares the runs of one sweep that differ in one column (a data recipe
+    varied as an axis): the same 2x as two folders give."""
+    budgets = np.geomspace(1e14, 1e16, 3)
+    raw = isoflop_records(LAW, budgets=budgets, n_sizes=5, n_evals=2, seed=0, sweep="mine").assign(recipe="raw")
+    clean = isoflop_records(LAW.with_compute_multiplier(2.0), budgets=budgets, n_sizes=5, n_evals=2, seed=1,
+                            sweep="mine").assign(recipe="clean", run_id=lambda f: "c" + f["run_id"])
+    write_records(pd.concat([raw, clean], ignore_index=True), tmp_path)
+    mine = tmp_path / "mine"
+    assert compare_command([f"{mine}:recipe=raw", f"{mine}:recipe=clean", "--bootstrap", "50", "--format", "csv"]) == 0
+    frame = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert 1.4 < frame["multiplier"].iloc[-1] < 2.8
+    for argv, message in (([f"{mine}:recipe=raw", f"{mine}:recipe=dirty"], "no run has recipe = 'dirty'"),
+                          ([f"{mine}:colour=raw", f"{mine}:recipe=clean"], "no column 'colour'")):
+        assert compare_command(argv + ["--bootstrap", "50"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err
