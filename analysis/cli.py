@@ -344,7 +344,7 @@ def _table(args) -> str:
         print(f"warning: no fits: {_one_line(exc)}", file=sys.stderr)
         sweep_fits, fits_text = [], ""
     truth_text = _truth_text(runs, sweep_fits, args.format)
-    transitions_text = _transitions_text(runs, args.format, args.bootstrap)
+    transitions_text = _transitions_text(runs, args.format, args.bootstrap, history)
     if args.format == "md":
         return (f"## Runs\n\n{runs_text}" + (f"\n## Fits\n\n{fits_text}" if fits_text else "")
                 + (f"\n## Fits against the known answers\n\n{truth_text}" if truth_text else "")
@@ -370,15 +370,32 @@ def _truth_text(runs: pd.DataFrame, sweep_fits, format: str = "md") -> str:
     return "".join(parts)
 
 
-def _transitions_text(runs: pd.DataFrame, format: str, bootstrap: int) -> str:
-    """Where each probed task's metrics cross halfway from chance to their best (analysis.emergence)."""
+def _transitions_text(runs: pd.DataFrame, format: str, bootstrap: int, history: pd.DataFrame | None = None) -> str:
+    """Where each probed task's metrics cross halfway from chance to their best (analysis.emergence):
+    across model sizes (one row per task and metric), then along training: the step at which each
+    run's exact match crosses, with an interval from the binomial noise of its items."""
     if not probe_tasks(runs):
         return ""
     complete = runs.loc[runs["status"] == "complete"] if "status" in runs else runs
     frame = transitions(complete, n_boot=bootstrap)
-    if frame.empty:
-        return ""
-    frame = frame[["task", "metric", "chance", "threshold", "x", "ci_low", "ci_high", "crossed_fraction", "censored"]]
-    return tables.render(frame.rename(columns={"x": "n_params at transition", "ci_low": "90% low",
-                                               "ci_high": "90% high", "crossed_fraction": "resamples crossing",
-                                               "censored": "already past at smallest"}), format)
+    parts = []
+    if not frame.empty:
+        frame = frame[["task", "metric", "chance", "threshold", "x", "ci_low", "ci_high", "crossed_fraction",
+                       "censored"]]
+        parts.append(tables.render(frame.rename(columns={"x": "n_params at transition", "ci_low": "90% low",
+                                                         "ci_high": "90% high", "crossed_fraction": "resamples crossing",
+                                                         "censored": "already past at smallest"}), format))
+    if history is not None and not history.empty and "step" in history:
+        curves = history.loc[history["run_id"].isin(complete["run_id"])]
+        along = transitions(curves, x="step", metrics=("exact_match",), by="run_id", n_boot=bootstrap)
+        if not along.empty:
+            crossed = along.loc[np.isfinite(along["x"].to_numpy(float))]
+            if len(crossed):
+                shown = crossed[["run_id", "task", "chance", "threshold", "x", "ci_low", "ci_high", "censored"]]
+                parts.append(tables.render(shown.rename(columns={"x": "step at transition", "ci_low": "90% low",
+                                                                 "ci_high": "90% high",
+                                                                 "censored": "already past at first eval"}), format))
+            note = (f"exact match along training: {len(crossed)} of {len(along)} (run, task) pairs cross halfway "
+                    "from chance to 1")
+            parts.append(f"% {note}\n" if format == "latex" else f"\n{note}\n")
+    return "".join(parts)

@@ -8,8 +8,9 @@ answer too. Figures put a discontinuous metric (exact match) beside a continuous
 log-probability, edit distance) of the same outputs, as Schaeffer et al. 2023 ("Are emergent
 abilities a mirage?") argue one should.
 
-    locate_transition(x, y, chance=..., best=...)       one metric -> Transition
-    transitions(runs, x="n_params")                     every task -> DataFrame
+    locate_transition(x, y, chance=..., best=...)       one metric of any table -> Transition
+    transitions(runs, x="n_params")                     every task across sizes -> DataFrame
+    transitions(history, x="step", by="run_id")         every task along each run's training
     emergence_figure(history, task)                     2 x 3: metrics against FLOPs, N, val loss
     confidence_figure(runs)                             val_entropy and val_ece against N
     reliability_figure(calibration)                     reliability diagrams (15 bins)
@@ -44,6 +45,7 @@ X_LABELS = {"flops": "Training FLOPs", "n_params": "Parameters (all)", "n_params
             "tokens": "Training tokens", "val_loss": "Validation loss (nats/token)"}
 MIN_BIN_SHARE = 0.005  # reliability diagrams draw bins holding at least this share of the tokens
 LOG_X = {"flops", "n_params", "n_params_nonembed", "tokens", "flops_6nd"}
+PROPORTIONS = {"exact_match", "token_accuracy"}  # shares of items: their noise is binomial
 
 
 def probe_tasks(frame: pd.DataFrame) -> list[str]:
@@ -108,15 +110,20 @@ def _crossing(x: np.ndarray, y: np.ndarray, threshold: float, log_x: bool) -> tu
     return float(ux[i - 1] + t * (ux[i] - ux[i - 1])), False
 
 
-def locate_transition(x, y, *, chance: float, best: float = 1.0, groups=None, n_boot: int = 1000,
+def locate_transition(x, y, *, chance: float, best: float = 1.0, groups=None, n_items=None, n_boot: int = 1000,
                       level: float = 0.9, log_x: bool = True, seed: int = 0, metric: str = "") -> Transition:
     """Where y crosses halfway from `chance` to `best` as x grows (y may improve downwards: an edit
-    distance has best 0 below its chance). The bootstrap resamples whole `groups` (e.g. run ids, so
-    the points of one learning curve move together), or single points when None."""
+    distance has best 0 below its chance). Any table works: x a scale (parameters, FLOPs, steps), y
+    a score. The bootstrap resamples whole `groups` (e.g. run ids, so the points of one learning
+    curve move together), or single points when None; with `n_items` (a proportion scored on that
+    many items at each point, scalar or per point) it redraws each point's score as a binomial
+    proportion of its items instead: the noise of one learning curve along training, where there
+    are no runs to resample."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     keep = np.isfinite(x) & np.isfinite(y) & ((x > 0) if log_x else True)
     x, y = x[keep], y[keep]
+    items = None if n_items is None else np.broadcast_to(np.asarray(n_items, dtype=np.float64), keep.shape)[keep]
     groups = np.arange(len(x)) if groups is None else np.asarray(groups)[keep]
     sign = 1.0 if best >= chance else -1.0  # orient so that larger is better
     threshold = chance + (best - chance) / 2
@@ -128,6 +135,11 @@ def locate_transition(x, y, *, chance: float, best: float = 1.0, groups=None, n_
     index_of = [np.flatnonzero(members == g) for g in range(len(labels))]
     crossings = []
     for _ in range(n_boot):
+        if items is not None:  # item noise: each score a binomial proportion of its items
+            n = np.maximum(items.round().astype(np.int64), 1)
+            redrawn = rng.binomial(n, np.clip(y, 0.0, 1.0)) / n
+            crossings.append(_crossing(x, sign * redrawn, sign * threshold, log_x)[0])
+            continue
         pick = np.concatenate([index_of[g] for g in rng.integers(0, len(labels), size=len(labels))])
         crossings.append(_crossing(x[pick], sign * y[pick], sign * threshold, log_x)[0])
     crossings = np.array(crossings)
@@ -139,9 +151,20 @@ def locate_transition(x, y, *, chance: float, best: float = 1.0, groups=None, n_
 
 
 def transitions(frame: pd.DataFrame, *, x: str = "n_params", metrics=("exact_match", "target_logprob"),
-                n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """One row per (task, metric) with its Transition, from summary rows (or history rows)."""
+                by: str | None = None, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """One row per (task, metric) with its Transition, from summary rows (or history rows).
+
+    by: a column (e.g. "run_id") to locate the transition within each of its groups, one row per
+    group (a column `by` names it): with x="step" on history rows, where along its own training
+    each run crosses. Exact match and token accuracy are then bootstrapped over their items
+    (`probe/<task>/items`, binomial), other metrics over evaluation points."""
+    if by is not None:
+        parts = [transitions(rows, x=x, metrics=metrics, n_boot=n_boot, seed=seed).assign(**{by: key})
+                 for key, rows in frame.groupby(by, sort=True)]
+        parts = [p for p in parts if len(p)]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     rows = []
+    one_curve = "run_id" in frame and frame["run_id"].nunique() == 1
     for task in probe_tasks(frame):
         for metric in metrics:
             column, chance_column = f"probe/{task}/{metric}", f"probe/{task}/chance_{metric}"
@@ -150,9 +173,12 @@ def transitions(frame: pd.DataFrame, *, x: str = "n_params", metrics=("exact_mat
             chance = float(frame[chance_column].dropna().iloc[0]) if frame[chance_column].notna().any() else math.nan
             if math.isnan(chance):
                 continue
+            items_column = f"probe/{task}/items"
+            n_items = (frame[items_column] if one_curve and metric in PROPORTIONS and items_column in frame
+                       else None)
             tr = locate_transition(frame[x], frame[column], chance=chance, best=BEST[metric],
-                                   groups=frame["run_id"] if "run_id" in frame else None, n_boot=n_boot,
-                                   log_x=x in LOG_X, seed=seed, metric=metric)
+                                   groups=frame["run_id"] if "run_id" in frame and not one_curve else None,
+                                   n_items=n_items, n_boot=n_boot, log_x=x in LOG_X, seed=seed, metric=metric)
             rows.append({"task": task, "x": x, "chance": chance, **tr.__dict__})
     return pd.DataFrame(rows)
 

@@ -125,3 +125,43 @@ def test_optimal_loss_gap():
     assert gap.best_observed == 1.7 and gap.n_runs == 2 and "+0.1000" in str(gap)
     with pytest.raises(ValueError):
         em.optimal_loss_gap(1.0, pd.DataFrame({"val_loss": [2.0]}))
+
+
+def _learning_curves(midpoints, *, items=500, seed=0, chance=0.02, steps=np.arange(50, 2001, 50)):
+    """History rows of runs whose exact match jumps along training (a logistic in step of width
+    60 about each run's midpoint; None: never learnt), scored on `items` items (binomial noise)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, mid in enumerate(midpoints):
+        p = np.full(len(steps), chance) if mid is None else chance + (1 - chance) / (1 + np.exp(-(steps - mid) / 60))
+        rows.append(pd.DataFrame({"run_id": f"run{i}", "step": steps, "probe/copy/exact_match":
+                                  rng.binomial(items, p) / items, "probe/copy/chance_exact_match": chance,
+                                  "probe/copy/items": items}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_transitions_along_training_find_each_runs_step_with_item_noise():
+    history = _learning_curves([600, 1300, None])
+    table = em.transitions(history, x="step", metrics=("exact_match",), by="run_id", n_boot=300).set_index("run_id")
+    assert list(table.index) == ["run0", "run1", "run2"]
+    for run, mid in (("run0", 600), ("run1", 1300)):
+        row = table.loc[run]
+        # Within one evaluation interval (50 steps) of the truth: the resolution the evaluations allow.
+        assert abs(row["x"] - mid) < 30 and row["ci_low"] - 50 <= mid <= row["ci_high"] + 50
+        assert row["ci_high"] - row["ci_low"] < 60  # 500 items pin a jump this sharp to within a few evaluations
+        assert row["crossed_fraction"] == 1.0 and not row["censored"]
+    assert math.isnan(table.loc["run2", "x"]) and table.loc["run2", "crossed_fraction"] == 0
+    # Fewer items, noisier scores: the interval of the same jump widens.
+    few = em.transitions(_learning_curves([600], items=20), x="step", metrics=("exact_match",), by="run_id",
+                         n_boot=300).iloc[0]
+    assert few["ci_high"] - few["ci_low"] > table.loc["run0", "ci_high"] - table.loc["run0", "ci_low"]
+
+
+def test_locate_transition_on_any_table():
+    """Not only this tool's records: scores a user brings (say public models' accuracy against
+    training FLOPs), with no run ids and no probe columns."""
+    flops = np.geomspace(1e20, 1e24, 9)
+    accuracy = np.array([0.25, 0.26, 0.25, 0.27, 0.31, 0.62, 0.78, 0.84, 0.86])  # 4-way choice: chance 0.25
+    tr = em.locate_transition(flops, accuracy, chance=0.25, best=1.0, n_items=1000, metric="accuracy")
+    assert 10 ** 22.5 < tr.x < 10 ** 23 and tr.ci_low <= tr.x <= tr.ci_high and not tr.censored
+    assert "accuracy: crosses 0.625" in str(tr)
