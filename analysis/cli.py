@@ -392,6 +392,7 @@ def _transitions_text(runs: pd.DataFrame, format: str, bootstrap: int, history: 
             crossed = along.loc[np.isfinite(along["x"].to_numpy(float))]
             if len(crossed):
                 shown = crossed[["run_id", "task", "chance", "threshold", "x", "ci_low", "ci_high", "censored"]]
+                parts.append("" if not parts or format == "csv" else "\n")
                 parts.append(tables.render(shown.rename(columns={"x": "step at transition", "ci_low": "90% low",
                                                                  "ci_high": "90% high",
                                                                  "censored": "already past at first eval"}), format))
