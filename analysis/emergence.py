@@ -12,6 +12,7 @@ abilities a mirage?") argue one should.
     transitions(runs, x="n_params")                     every task across sizes -> DataFrame
     transitions(history, x="step", by="run_id")         every task along each run's training
     emergence_figure(history, task)                     2 x 3: metrics against FLOPs, N, val loss
+    emergence_figure(history, task, xs=("step", "tokens"))  the same along training, per model size
     confidence_figure(runs)                             val_entropy and val_ece against N
     reliability_figure(calibration)                     reliability diagrams (15 bins)
     load_calibration(path)                              every run's calibration.parquet
@@ -42,7 +43,8 @@ METRIC_LABELS = {"exact_match": "Exact match (greedy)", "token_accuracy": "Per-t
                  "target_logprob": "Target log-prob (nats/token)", "edit_distance": "Token edit distance",
                  "brier": "Brier score (per token)"}
 X_LABELS = {"flops": "Training FLOPs", "n_params": "Parameters (all)", "n_params_nonembed": "Parameters N",
-            "tokens": "Training tokens", "val_loss": "Validation loss (nats/token)"}
+            "tokens": "Training tokens", "val_loss": "Validation loss (nats/token)",
+            "step": "Training step (linear: transitions along training)"}
 MIN_BIN_SHARE = 0.005  # reliability diagrams draw bins holding at least this share of the tokens
 LOG_X = {"flops", "n_params", "n_params_nonembed", "tokens", "flops_6nd"}
 PROPORTIONS = {"exact_match", "token_accuracy"}  # shares of items: their noise is binomial

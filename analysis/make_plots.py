@@ -13,6 +13,7 @@ the figures its records support are written to `<sweep>/figures/` as PNG and PDF
     chinchilla_audit                     the same: approach 3 fitted below the largest budget, predicting it
     chinchilla_e_profile                 the same: approach 3's objective over a fixed E, leave one shape out
     emergence_<task>                     runs with probe columns (probe/<task>/<metric>), one per task
+    emergence_training_<task>            the same against training step and tokens, one line per run
     confidence                           runs that record val_entropy and val_ece, at 2+ model sizes
     eval_sets                            runs with evaluation sets (val/<set>/loss): loss and ECE per set
                                          against N (analysis.evalset_figures)
@@ -154,6 +155,8 @@ def sweep_figures(sweep_dir: Path, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int
 
     for task in probe_tasks(curves):
         attempt(f"emergence_{task}", lambda task=task: plots.emergence_figure(curves, task))
+        attempt(f"emergence_training_{task}", lambda task=task: plots.emergence_figure(curves, task,
+                                                                                        xs=("step", "tokens")))
     final = runs.loc[runs["status"] == "complete"] if "status" in runs else runs
     if {"val_entropy", "val_ece"} <= set(final) and final["val_entropy"].notna().any() \
             and final["n_params"].nunique() > 1:
