@@ -245,8 +245,8 @@ def emergence_figure(history: pd.DataFrame, task: str, *, discontinuous: str = "
         fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes[:, [i for i, x in enumerate(xs)
                                                                          if x not in ("n_params", "n_params_nonembed")]],
                      label="Parameters (all)")
-    fig.suptitle(f"Task {task!r}: {METRIC_LABELS.get(discontinuous)} vs {METRIC_LABELS.get(continuous)} of the "
-                 "same held-out items (dashed: chance)")
+    fig.suptitle(f"Task {task!r}: {METRIC_LABELS.get(discontinuous)} vs {METRIC_LABELS.get(continuous)}\n"
+                 "of the same held-out items (dashed: chance)")
     return fig
 
 

@@ -148,3 +148,27 @@ def test_table_command_compares_the_fitted_floor_and_locates_transitions(capsys)
     out = capsys.readouterr().out
     transitions = out.split("## Transitions")[1]
     assert transitions.count("| exact_match |") == 5 and transitions.count("| target_logprob |") == 5
+
+
+def test_shipped_induction_sweep_shows_two_tasks_emerging_along_training(capsys):
+    """The shipped induction sweep: copying and reversed-digit addition each cross halfway from
+    chance to perfect exact match along the training of the 2- and 3-layer models (not the 1-layer
+    one), from within 5 points of chance at the start to at least 50% at the end."""
+    from analysis import emergence as em
+    from analysis.records import load_history
+
+    root = Path(__file__).resolve().parents[1] / "results" / "induction"
+    history = load_history(root)
+    along = em.transitions(history, x="step", metrics=("exact_match",), by="run_id", n_boot=100)
+    crossed = along.loc[np.isfinite(along["x"].to_numpy(float))]
+    assert sorted(set(crossed["task"])) == ["addition_reversed", "copy"]
+    assert sorted({r.split("-")[0] for r in crossed["run_id"]}) == ["L2", "L3"]
+    for task in ("copy", "addition_reversed"):
+        for run, curve in history.sort_values("step").groupby("run_id"):
+            if not run.startswith(("L2", "L3")):
+                continue
+            score, chance = curve[f"probe/{task}/exact_match"], curve[f"probe/{task}/chance_exact_match"]
+            assert score.iloc[1] - chance.iloc[1] < 0.05 and score.iloc[-1] >= 0.5
+            assert (curve[f"probe/{task}/items"] == 500).all()
+    assert table_command([str(root), "--bootstrap", "50"]) == 0
+    assert "4 of 6 (run, task) pairs cross" in capsys.readouterr().out
