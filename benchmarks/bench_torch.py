@@ -7,8 +7,8 @@ The PyTorch model (benchmarks/torch_gpt.py) is scaling/model.py's architecture w
 pre-LN, GELU MLP, learned positions, tied embedding, the same initialisation, AdamW with decoupled
 weight decay on matrices only, clipping at 1.0, the project's learning-rate schedule. Its parameter
 count is checked against scaling/flops.py's for every shape, and it starts from the project's own
-initial weights, so the two losses at step 0 (about ln 256 = 5.545 at this initialisation) and
-after the timed steps must agree: the comparison is of one computation.
+initial weights, so the losses at step 0 (near ln 256 = 5.545 at this initialisation) and after
+the timed steps must agree: the comparison is of one computation.
 
 Three workers per shape, each in its own process (benchmarks/bench_step.py's protocol):
 
