@@ -68,38 +68,30 @@ def _cpu_devices(spec) -> None:
 # --- worker: one variant, one model ----------------------------------------------------------------
 
 
-def worker(shape: str) -> None:
-    n_layer, d_model = SHAPES[shape]
-    from scaling.bench import bench_spec
-    spec = bench_spec(n_layer, d_model, KAPLAN["head_dim"], seq_len=KAPLAN["seq_len"],
-                      batch_tokens=KAPLAN["batch_tokens"], steps=1000)
-    _cpu_devices(spec)
-    import dataclasses
-
+def train_loop(spec, batch):
+    """This project's train step as a run drives it (scaling/training/run.py), on the devices the
+    process was given: `batch(step)` gives the step's [rows, S+1] tokens, split into the program's
+    micro-batches and each device's share. Returns (run, program, state): `run(n)` trains n steps
+    and returns the last one's loss; `state` holds the step count, parameters and optimizer state."""
     import jax
 
-    from scaling import data as data_mod
-    from scaling import hardware
-    from scaling.flops import training_flops_per_token
     shd = _module("scaling.training.sharding", "scaling.sharding")
     tr = _module("scaling.training.step", "scaling.train")
 
     mesh = shd.make_mesh(spec.mesh)
     program = tr.build_program(spec, mesh)
     params = program.init_params()
-    opt_state = program.init_opt_state(params)
-    batcher = data_mod.Batcher(data_mod.open_source("stdlib").train, spec.model.seq_len, spec.batch_size, 0)
     shape_mbs = (program.n_micro, spec.batch_size // program.n_micro, spec.model.seq_len + 1)
     sharding = shd.batch_sharding(mesh)
-    state = {"step": 0, "params": params, "opt": opt_state}
+    state = {"step": 0, "params": params, "opt": program.init_opt_state(params)}
 
     def run(n):
-        # As a run does (scaling/training/run.py): step k's loss is read while step k+1 runs. (Queueing many
-        # steps ahead can deadlock XLA:CPU's in-process all-reduce on a multi-device CPU mesh:
-        # benchmarks/NOTES.md, "One device per core".)
+        # As a run does: step k's loss is read while step k+1 runs. (Queueing many steps ahead can
+        # deadlock XLA:CPU's in-process all-reduce on a multi-device CPU mesh: benchmarks/NOTES.md,
+        # "One device per core".)
         p, o, pending = state["params"], state["opt"], None
         for _ in range(n):
-            local = tr.micro_batches(batcher.batch(state["step"]), mesh.size, program.n_micro)
+            local = tr.micro_batches(batch(state["step"]), mesh.size, program.n_micro)
             p, o, metrics = program.train_step(p, o, tr.to_global(local, sharding, shape_mbs))
             if pending is not None:
                 float(pending["loss"])
@@ -109,6 +101,24 @@ def worker(shape: str) -> None:
         state["params"], state["opt"] = p, o
         return float(metrics["loss"])
 
+    return run, program, state
+
+
+def worker(shape: str) -> None:
+    n_layer, d_model = SHAPES[shape]
+    from scaling.bench import bench_spec
+    spec = bench_spec(n_layer, d_model, KAPLAN["head_dim"], seq_len=KAPLAN["seq_len"],
+                      batch_tokens=KAPLAN["batch_tokens"], steps=1000)
+    _cpu_devices(spec)
+    import dataclasses
+
+    from scaling import data as data_mod
+    from scaling import hardware
+    from scaling.flops import training_flops_per_token
+
+    batcher = data_mod.Batcher(data_mod.open_source("stdlib").train, spec.model.seq_len, spec.batch_size, 0)
+    run, program, _ = train_loop(spec, batcher.batch)
+    mesh = program.mesh
     t0 = time.perf_counter()
     run(3)
     compile_s = time.perf_counter() - t0
@@ -116,6 +126,12 @@ def worker(shape: str) -> None:
     peak = hardware.peak_flops("float32", n_devices=mesh.size)
     print(json.dumps({"compile_s": compile_s, "flops_per_step": flops_per_step, "peak": peak.flops_per_second,
                       "peak_source": peak.source, "devices": mesh.size}), flush=True)
+    serve(run)
+
+
+def serve(run) -> None:
+    """Answer each line `n` on stdin with the wall and CPU seconds per step of `run(n)` (n more
+    steps) and the loss it returns."""
     for line in sys.stdin:
         n = int(line)
         t0, c0 = time.perf_counter(), time.process_time()
@@ -202,9 +218,11 @@ def extract(rev: str, into: Path) -> Path:
     return into
 
 
-def start(src: Path, shape: str) -> tuple[subprocess.Popen, dict]:
+def start(src: Path, shape: str, argv: list[str] | None = None) -> tuple[subprocess.Popen, dict]:
+    """A worker process for `shape` with `src` as its tree (default command: this script's worker)
+    and the first line it answers (after its warm-up)."""
     env = {**os.environ, "PYTHONPATH": str(src), "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([sys.executable, __file__, "--worker", shape], cwd=src, env=env, text=True,
+    proc = subprocess.Popen(argv or [sys.executable, __file__, "--worker", shape], cwd=src, env=env, text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     return proc, json.loads(proc.stdout.readline())
 
