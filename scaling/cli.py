@@ -24,6 +24,7 @@ from scaling.launch.jobfile import check_writable
 from scaling.launch.local import run_local
 from scaling.launch.ray_launcher import run_ray
 from scaling.launch.report import LaunchError, SweepReport, pending_runs
+from scaling.sweep.instruments import announce_small_probes
 from scaling.sweep.reader import check_devices, load_sweep
 from scaling.sweep.tuning import beyond_edges, n_params, read_rule, tune_dir, tune_runs
 
@@ -92,6 +93,7 @@ def cmd_sweep(args) -> int:
     """Tuning first where the sweep asks for it and has no rule yet; the grid; then the replicas that
     its results name ([replicate] at = "minima")."""
     first = load_sweep(args.sweep, for_tuning=True, **_overrides(args))
+    announce_small_probes(first)
     if first.lr_tuned and first.tune is not None and read_rule(first.out_dir) is None:
         print(f"sweep {first.name}: no learning-rate rule yet: tuning first ({tune_dir(first.out_dir)})")
         code = cmd_tune(args)

@@ -151,3 +151,20 @@ def test_a_run_records_probes_calibration_and_samples(tmp_path):
     assert text.count("=== prompt") == 3 and "--- top_p" in text
     summary_file = pq.read_table(path / "summary.parquet").to_pylist()[0]
     assert summary_file["sample/beam/logprob"] == summary["sample/beam/logprob"]
+
+
+def test_a_task_with_few_held_out_instances_says_so(tmp_path, capsys):
+    """Modular addition mod 7 has 49 problems, about 5 of them held out: all are probed, and the
+    sweep says how many (one line), where a large space gets its probe_items silently."""
+    from scaling.sweep.instruments import announce_small_probes
+    from scaling.sweep.reader import load_sweep
+
+    path = tmp_path / "small.toml"
+    path.write_text('[sweep]\nname = "small"\n[data]\nseq_len = 64\n[data.tasks]\nrate = 0.2\nprobe_items = 100\n'
+                    '[data.tasks.modular]\nmodulus = 7\n[data.tasks.copy]\n[model]\nhead_dim = 16\n'
+                    '[grid]\nmodels = [{ n_layer = 1, d_model = 16 }]\ntokens = [1e5]\n')
+    announce_small_probes(load_sweep(path))
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and "task 'modular' has" in lines[0] and "fewer than probe_items = 100" in lines[0]
+    n = int(lines[0].split(" has ")[1].split()[0])
+    assert 0 < n < 49

@@ -76,3 +76,22 @@ def read_sampling(root: Table, seq_len: int, vocab_size: int) -> SamplingConfig 
     if cfg.top_k > vocab_size:
         raise table.error("top_k", f"{cfg.top_k} is more than the vocabulary ({vocab_size} tokens)")
     return cfg
+
+
+def announce_small_probes(sweep) -> None:
+    """One line for each task whose held-out instances are fewer than `probe_items` (a small
+    instance space, e.g. 1-digit addition or a small modulus): all of them are probed, and the
+    intervals on its scores are wider by as much (`probe/<task>/items` records the count)."""
+    from scaling.data.tasks import probe_items
+    seen = set()
+    for spec in sweep.runs:
+        cfg = spec.data.tasks
+        if cfg is None or cfg in seen:
+            continue
+        seen.add(cfg)
+        for task in cfg.tasks:
+            n = len(probe_items(cfg, task))
+            if n < cfg.probe_items:
+                print(f"sweep {sweep.name}: task {task.name!r} has {n} held-out instances, fewer than probe_items = "
+                      f"{cfg.probe_items}: all {n} are probed, and its scores' intervals are wider for it")
+
