@@ -391,12 +391,15 @@ def _transitions_text(runs: pd.DataFrame, format: str, bootstrap: int, history: 
         if not along.empty:
             crossed = along.loc[np.isfinite(along["x"].to_numpy(float))]
             if len(crossed):
-                shown = crossed[["run_id", "task", "chance", "threshold", "x", "ci_low", "ci_high", "censored"]]
+                shown = crossed[["run_id", "task", "chance", "threshold", "x", "ci_low", "ci_high", "between_low",
+                                 "between_high", "censored"]]
                 parts.append("" if not parts or format == "csv" else "\n")
                 parts.append(tables.render(shown.rename(columns={"x": "step at transition", "ci_low": "90% low",
-                                                                 "ci_high": "90% high",
+                                                                 "ci_high": "90% high", "between_low": "after eval at",
+                                                                 "between_high": "before eval at",
                                                                  "censored": "already past at first eval"}), format))
             note = (f"exact match along training: {len(crossed)} of {len(along)} (run, task) pairs cross halfway "
-                    "from chance to 1")
+                    "from chance to 1; the interval is the items' binomial noise, and the crossing lies between the "
+                    "two evaluations named (the step between them is interpolated)")
             parts.append(f"% {note}\n" if format == "latex" else f"\n{note}\n")
     return "".join(parts)

@@ -69,6 +69,10 @@ class Transition:
     crossed_fraction: float  # share of bootstrap resamples that crossed at all
     censored: bool  # already past the threshold at the smallest scale: x is an upper bound
     n_points: int
+    # The two measured scales the crossing lies between (x is interpolated inside them): the
+    # resolution of the measurements, which no bootstrap narrows. NaN where there is no crossing.
+    between_low: float = math.nan
+    between_high: float = math.nan
 
     def __str__(self) -> str:
         if math.isnan(self.x):
@@ -92,8 +96,9 @@ def isotonic(y: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     return np.concatenate([np.full(n, m) for m, _, n in blocks])
 
 
-def _crossing(x: np.ndarray, y: np.ndarray, threshold: float, log_x: bool) -> tuple[float, bool]:
-    """(x where the isotonic fit of y first reaches threshold, censored); y oriented increasing."""
+def _crossing(x: np.ndarray, y: np.ndarray, threshold: float, log_x: bool, bracket: bool = False):
+    """(x where the isotonic fit of y first reaches threshold, censored); y oriented increasing.
+    With `bracket`, also the two measured x the crossing lies between."""
     order = np.argsort(x, kind="stable")
     x, y = x[order], y[order]
     ux, inverse = np.unique(x, return_inverse=True)
@@ -102,14 +107,16 @@ def _crossing(x: np.ndarray, y: np.ndarray, threshold: float, log_x: bool) -> tu
     fit = isotonic(means, counts)
     above = np.flatnonzero(fit >= threshold)
     if not len(above):
-        return math.nan, False
+        return (math.nan, False, (math.nan, math.nan)) if bracket else (math.nan, False)
     i = above[0]
     if i == 0:
-        return float(ux[0]), True
+        return (float(ux[0]), True, (math.nan, float(ux[0]))) if bracket else (float(ux[0]), True)
     t = (threshold - fit[i - 1]) / (fit[i] - fit[i - 1])
     if log_x:
-        return float(np.exp(np.log(ux[i - 1]) + t * (np.log(ux[i]) - np.log(ux[i - 1])))), False
-    return float(ux[i - 1] + t * (ux[i] - ux[i - 1])), False
+        at = float(np.exp(np.log(ux[i - 1]) + t * (np.log(ux[i]) - np.log(ux[i - 1]))))
+    else:
+        at = float(ux[i - 1] + t * (ux[i] - ux[i - 1]))
+    return (at, False, (float(ux[i - 1]), float(ux[i]))) if bracket else (at, False)
 
 
 def locate_transition(x, y, *, chance: float, best: float = 1.0, groups=None, n_items=None, n_boot: int = 1000,
@@ -131,7 +138,7 @@ def locate_transition(x, y, *, chance: float, best: float = 1.0, groups=None, n_
     threshold = chance + (best - chance) / 2
     if len(x) == 0:
         return Transition(metric, threshold, math.nan, math.nan, math.nan, 0.0, False, 0)
-    at, censored = _crossing(x, sign * y, sign * threshold, log_x)
+    at, censored, between = _crossing(x, sign * y, sign * threshold, log_x, bracket=True)
     rng = np.random.default_rng(seed)
     labels, members = np.unique(groups, return_inverse=True)
     index_of = [np.flatnonzero(members == g) for g in range(len(labels))]
@@ -149,7 +156,7 @@ def locate_transition(x, y, *, chance: float, best: float = 1.0, groups=None, n_
     tail = (1 - level) / 2
     low, high = (np.quantile(crossed, [tail, 1 - tail]) if len(crossed) else (math.nan, math.nan))
     return Transition(metric, threshold, at, float(low), float(high), len(crossed) / max(n_boot, 1), censored,
-                      int(len(x)))
+                      int(len(x)), *between)
 
 
 def transitions(frame: pd.DataFrame, *, x: str = "n_params", metrics=("exact_match", "target_logprob"),

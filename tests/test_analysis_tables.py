@@ -172,3 +172,18 @@ def test_shipped_induction_sweep_shows_two_tasks_emerging_along_training(capsys)
             assert (curve[f"probe/{task}/items"] == 500).all()
     assert table_command([str(root), "--bootstrap", "50"]) == 0
     assert "4 of 6 (run, task) pairs cross" in capsys.readouterr().out
+
+
+def test_shipped_formats_and_spans_sweeps():
+    """Only the scratchpad format crosses halfway (direct and reversed stay below it), and copying
+    crosses at every span length in both models, each crossing between two evaluations."""
+    from analysis import emergence as em
+    from analysis.records import load_history
+
+    root = Path(__file__).resolve().parents[1] / "results"
+    for sweep, crossing in (("formats", {"addition_scratchpad"}), ("spans", {"copy_3", "copy_6", "copy_12"})):
+        along = em.transitions(load_history(root / sweep), x="step", metrics=("exact_match",), by="run_id",
+                               n_boot=50)
+        crossed = along.loc[np.isfinite(along["x"].to_numpy(float))]
+        assert set(crossed["task"]) == crossing and len(crossed) == 2 * len(crossing)
+        assert ((crossed["between_low"] < crossed["x"]) & (crossed["x"] < crossed["between_high"])).all()
