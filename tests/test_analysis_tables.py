@@ -175,13 +175,15 @@ def test_shipped_induction_sweep_shows_two_tasks_emerging_along_training(capsys)
 
 
 def test_shipped_formats_and_spans_sweeps():
-    """Only the scratchpad format crosses halfway (direct and reversed stay below it), and copying
-    crosses at every span length in both models, each crossing between two evaluations."""
+    """Only the scratchpad format crosses halfway (direct and reversed stay below it), copying
+    crosses at every span length in both models, each crossing between two evaluations, and
+    key-value recall crosses at no number of pairs."""
     from analysis import emergence as em
     from analysis.records import load_history
 
     root = Path(__file__).resolve().parents[1] / "results"
-    for sweep, crossing in (("formats", {"addition_scratchpad"}), ("spans", {"copy_3", "copy_6", "copy_12"})):
+    for sweep, crossing in (("formats", {"addition_scratchpad"}), ("spans", {"copy_3", "copy_6", "copy_12"}),
+                            ("recall", set())):
         along = em.transitions(load_history(root / sweep), x="step", metrics=("exact_match",), by="run_id",
                                n_boot=50)
         crossed = along.loc[np.isfinite(along["x"].to_numpy(float))]
