@@ -2,6 +2,7 @@
 
     python benchmarks/bench_torch.py --torch-python /path/to/venv/bin/python
     python benchmarks/bench_torch.py --shapes L1-d16,L4-d96 --steps 20 --rounds 5
+    python benchmarks/bench_torch.py --baseline HEAD     # and another commit's train step beside them
 
 The PyTorch model (benchmarks/torch_gpt.py) is scaling/model.py's architecture written again:
 pre-LN, GELU MLP, learned positions, tied embedding, the same initialisation, AdamW with decoupled
@@ -17,6 +18,9 @@ Three workers per shape, each in its own process (benchmarks/bench_step.py's pro
                     (scaling/training/step.py), step k's loss read while step k+1 runs
     torch eager     torch.set_num_threads(--threads, default the cores this process may use)
     torch compile   torch.compile(model), default mode; compilation happens in the warm-up
+    baseline REV    with `--baseline REV`: the project worker again, on that revision's scaling/
+                    (extracted with `git archive`), so a change to the step is measured before and
+                    after, against torch, in one invocation
 
 Every worker trains on the same batches (the stdlib corpus's first batches, written by the project
 worker to a file the torch workers read) and warms up for 3 steps, not timed. The parent then asks
@@ -108,6 +112,7 @@ def main() -> int:
                    help="torch.set_num_threads (default: the cores this process may use)")
     p.add_argument("--torch-python", default="python", help="an interpreter with torch (default: python)")
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile worker")
+    p.add_argument("--baseline", metavar="REV", help="also time this git revision's train step, interleaved")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -124,6 +129,7 @@ def main() -> int:
     print(f"bench_torch: float32, {BATCH_TOKENS} tokens a step, vocabulary 256, {args.steps} timed steps x "
           f"{args.rounds} rounds after {WARMUP_STEPS} warm-up steps; {load()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
+        baseline_src = bench_step.extract(args.baseline, Path(tmp) / "baseline") if args.baseline else None
         for shape in args.shapes.split(","):
             spec = spec_of(shape, total)
             m = spec.model
@@ -133,8 +139,13 @@ def main() -> int:
                   f"{spec.batch_size} rows; N {counts.n_params_nonembed:,} non-embedding, {counts.n_params:,} "
                   "total", flush=True)
             data = Path(tmp) / f"{shape}.npz"
-            workers = {"project": start(REPO, shape, [sys.executable, __file__, "--worker", shape, "--data",
+            script = str(Path(__file__).resolve())
+            workers = {"project": start(REPO, shape, [sys.executable, script, "--worker", shape, "--data",
                                                       str(data)] + sys.argv[1:])}
+            if baseline_src is not None:
+                workers[f"baseline {args.baseline}"] = start(
+                    baseline_src, shape, [sys.executable, script, "--worker", shape, "--data",
+                                          str(Path(tmp) / f"{shape}-baseline.npz")] + sys.argv[1:])
             model = json.dumps({k: getattr(m, k) for k in ("n_layer", "d_model", "n_head", "d_ff", "vocab_size",
                                                            "seq_len")})
             torch_argv = [args.torch_python, str(TORCH_WORKER), "--model", model, "--data", str(data), "--threads",
@@ -166,10 +177,11 @@ def main() -> int:
                       f"{1e3 * min(r['cpu'] for r in rounds):8.2f}   warm-up {meta[name]['compile_s']:6.1f} s   "
                       f"loss after {WARMUP_STEPS + args.rounds * args.steps} steps {rounds[-1]['loss']:.5f}",
                       flush=True)
-            fastest = max((n for n in best if n != "project"), key=best.get)
-            per_round = [ours["wall"] / theirs["wall"] for ours, theirs in zip(times[fastest], times["project"])]
-            print(f"  project / {fastest}: {best['project'] / best[fastest]:.2f}x (best rounds), "
-                  f"{statistics.median(per_round):.2f}x (median of per-round ratios)", flush=True)
+            fastest = max((n for n in best if n.startswith("torch")), key=best.get)
+            for other in [fastest] + [n for n in best if n.startswith("baseline")]:
+                per_round = [theirs["wall"] / ours["wall"] for ours, theirs in zip(times["project"], times[other])]
+                print(f"  project / {other}: {best['project'] / best[other]:.2f}x (best rounds), "
+                      f"{statistics.median(per_round):.2f}x (median of per-round ratios)", flush=True)
     print(f"\n{load()}")
     return 0
 

@@ -84,6 +84,37 @@ def _attend(q_bshk, k_bchk, v_bchk, dtype, visible_bsc=None):
     return jnp.einsum("bhsc,bchk->bshk", probs_bhsc, v_bchk)
 
 
+# Query and key block of the causal attention of a whole window (`_attend_causal`). 64 was the fastest
+# of 16-128 at seq 128-512, head size 16-64, timed alone on one core (benchmarks/NOTES.md, "Blocked
+# causal attention"); windows shorter than two blocks, or not a multiple of one, attend in one piece.
+ATTENTION_BLOCK = 64
+
+
+def _attend_causal(q_bshk, k_bshk, v_bshk, dtype, block: int = ATTENTION_BLOCK):
+    """Causal softmax attention of a whole window from position 0, computed by query blocks: block i's
+    queries meet only the keys of blocks 0..i, so the fully masked blocks above the diagonal are never
+    computed (about half the work of the S x S scores at S >> block), and each block's scores stay
+    small enough to keep in cache. Heads are made the major axis first, so every product is a plain
+    batched matmul. The same visible scores and softmax as `_attend`; the sums run over fewer exact
+    zeros, so results agree to float rounding, not bitwise. (The FLOP convention, scaling/flops.py,
+    still counts the full S x S, as Hoffmann et al. 2022 do.)"""
+    s = q_bshk.shape[1]
+    if s < 2 * block or s % block:
+        return _attend(q_bshk, k_bshk, v_bshk, dtype)
+    root_k = math.sqrt(q_bshk.shape[-1])
+    q_bhsk, k_bhsk, v_bhsk = (t.transpose(0, 2, 1, 3) for t in (q_bshk, k_bshk, v_bshk))
+    diagonal = jnp.tril(jnp.ones((block, block), dtype=bool))
+    outs = []
+    for i in range(s // block):
+        seen = (i + 1) * block  # keys of blocks 0..i
+        scores = jnp.einsum("bhsk,bhck->bhsc", q_bhsk[:, :, i * block:seen], k_bhsk[:, :, :seen])
+        visible = jnp.concatenate([jnp.ones((block, i * block), dtype=bool), diagonal], axis=1)
+        scores = jnp.where(visible, scores.astype(jnp.float32) / root_k, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+        outs.append(jnp.einsum("bhsc,bhck->bhsk", probs, v_bhsk[:, :, :seen]))
+    return jnp.concatenate(outs, axis=2).transpose(0, 2, 1, 3)
+
+
 class Block(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype, attention: str = "xla"):
         d, f = cfg.d_model, cfg.d_ff
@@ -115,7 +146,7 @@ class Block(nnx.Module):
             # cuDNN flash attention on GPUs that have it; XLA elsewhere.
             y_bshk = jax.nn.dot_product_attention(q_bshk, k_bshk, v_bshk, is_causal=True)
         else:
-            y_bshk = _attend(q_bshk, k_bshk, v_bshk, self.dtype)
+            y_bshk = _attend_causal(q_bshk, k_bshk, v_bshk, self.dtype)
         x_td = x_td + self.proj(y_bshk.reshape(b * s, d))
         x_td = x_td + self.fc_proj(jax.nn.gelu(self.fc(self.ln2(x_td).astype(self.dtype))))
         return x_td, cache
