@@ -26,7 +26,7 @@ from analysis.audit import audit_with_fit
 from analysis.chinchilla import fit_chinchilla
 from analysis.data_constrained import fit_data_constrained
 from analysis.comparison import compare
-from analysis.emergence import probe_tasks, transitions
+from analysis.emergence import probe_tasks, seed_spread, transitions
 from analysis.fit_result import DEFAULT_BOOTSTRAP, Fit
 from analysis.kaplan import fit_kaplan
 from analysis.truth import compare_with_truth, has_known_floor
@@ -402,4 +402,13 @@ def _transitions_text(runs: pd.DataFrame, format: str, bootstrap: int, history: 
                     "from chance to 1; the interval is the items' binomial noise, and the crossing lies between the "
                     "two evaluations named (the step between them is interpolated)")
             parts.append(f"% {note}\n" if format == "latex" else f"\n{note}\n")
+            spread = seed_spread(along)
+            if not spread.empty:
+                parts.append("" if format == "csv" else "\n")
+                parts.append(tables.render(spread.rename(columns={
+                    "steps": "steps at transition", "mean": "mean step", "sd": "seed sd", "range": "seed range",
+                    "item_interval": "mean 90% item interval"}), format))
+                note = ("across seeds: the steps at which the seeds of one cell cross, and their spread, beside the "
+                        "width of one run's interval from its items: the seed's share of the uncertainty")
+                parts.append(f"% {note}\n" if format == "latex" else f"\n{note}\n")
     return "".join(parts)

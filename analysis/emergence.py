@@ -11,6 +11,7 @@ abilities a mirage?") argue one should.
     locate_transition(x, y, chance=..., best=...)       one metric of any table -> Transition
     transitions(runs, x="n_params")                     every task across sizes -> DataFrame
     transitions(history, x="step", by="run_id")         every task along each run's training
+    seed_spread(along)                                  how far the seed moves each step (>= 2 seeds)
     emergence_figure(history, task)                     2 x 3: metrics against FLOPs, N, val loss
     emergence_figure(history, task, xs=("step", "tokens"))  the same along training, per model size
     confidence_figure(runs)                             val_entropy and val_ece against N
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,6 +191,38 @@ def transitions(frame: pd.DataFrame, *, x: str = "n_params", metrics=("exact_mat
                                    groups=frame["run_id"] if "run_id" in frame and not one_curve else None,
                                    n_items=n_items, n_boot=n_boot, log_x=x in LOG_X, seed=seed, metric=metric)
             rows.append({"task": task, "x": x, "chance": chance, **tr.__dict__})
+    return pd.DataFrame(rows)
+
+
+def cell_label(run_id: str) -> str:
+    """A run's id without its seed and hash (L2-d64-t6e6-s1-0a1b2c3d -> L2-d64-t6e6): the runs of one
+    cell, which differ only in seed, share it."""
+    return re.sub(r"-s\d+-[0-9a-f]+$", "", str(run_id))
+
+
+def seed_spread(along: pd.DataFrame) -> pd.DataFrame:
+    """How far the initialisation moves a transition: from `transitions(history, x="step",
+    by="run_id")`, one row per (cell, task) trained with at least two seeds, with the step at which
+    each seed crosses, their mean, sample standard deviation and range, beside the mean width of
+    the seeds' own intervals (the items' binomial noise, which one run can measure). A seed whose
+    run never crosses counts in `seeds` and not among the steps; the spread needs two that cross."""
+    if along.empty or "run_id" not in along:
+        return pd.DataFrame()
+    frame = along.assign(cell=along["run_id"].map(cell_label))
+    rows = []
+    for (cell, task), group in frame.groupby(["cell", "task"], sort=True):
+        if group["run_id"].nunique() < 2:
+            continue
+        steps = np.sort(group["x"].to_numpy(float)[np.isfinite(group["x"].to_numpy(float))])
+        widths = (group["ci_high"] - group["ci_low"]).to_numpy(float)
+        widths = widths[np.isfinite(widths)]
+        two = len(steps) >= 2
+        rows.append({"cell": cell, "task": task, "seeds": int(group["run_id"].nunique()), "crossed": len(steps),
+                     "steps": ", ".join(f"{s:.0f}" for s in steps),
+                     "mean": float(steps.mean()) if len(steps) else math.nan,
+                     "sd": float(steps.std(ddof=1)) if two else math.nan,
+                     "range": float(steps[-1] - steps[0]) if two else math.nan,
+                     "item_interval": float(widths.mean()) if len(widths) else math.nan})
     return pd.DataFrame(rows)
 
 

@@ -165,3 +165,23 @@ def test_locate_transition_on_any_table():
     tr = em.locate_transition(flops, accuracy, chance=0.25, best=1.0, n_items=1000, metric="accuracy")
     assert 10 ** 22.5 < tr.x < 10 ** 23 and tr.ci_low <= tr.x <= tr.ci_high and not tr.censored
     assert "accuracy: crosses 0.625" in str(tr)
+
+
+def test_seed_spread_measures_how_far_the_seed_moves_a_step():
+    """Three seeds of one cell cross at 500, 700 and 900 (a seed spread far wider than one run's
+    item interval), two seeds of another at 1000 and never: the spread needs two that cross; a cell
+    of one seed has no row."""
+    history = _learning_curves([500, 700, 900, 1000, None, 800])
+    history["run_id"] = history["run_id"].map({
+        "run0": "L2-d64-t6e6-s0-aaaa0000", "run1": "L2-d64-t6e6-s1-bbbb1111", "run2": "L2-d64-t6e6-s2-cccc2222",
+        "run3": "L3-d64-t6e6-s0-dddd3333", "run4": "L3-d64-t6e6-s1-eeee4444", "run5": "L1-d64-t6e6-s0-ffff5555"})
+    along = em.transitions(history, x="step", metrics=("exact_match",), by="run_id", n_boot=200)
+    spread = em.seed_spread(along).set_index("cell")
+    assert list(spread.index) == ["L2-d64-t6e6", "L3-d64-t6e6"]
+    two = spread.loc["L2-d64-t6e6"]
+    assert two["seeds"] == 3 and two["crossed"] == 3
+    assert two["mean"] == pytest.approx(700, abs=25) and two["range"] == pytest.approx(400, abs=50)
+    assert two["sd"] == pytest.approx(200, abs=30) and two["item_interval"] < two["sd"]
+    one = spread.loc["L3-d64-t6e6"]
+    assert one["seeds"] == 2 and one["crossed"] == 1 and math.isnan(one["sd"]) and one["mean"] == pytest.approx(1000, abs=25)
+    assert em.cell_label("L2-d64-t6e6-s12-0a1b2c3d") == "L2-d64-t6e6"
