@@ -163,3 +163,30 @@ def test_task_tables_resolve_and_change_the_run_id(tmp_path):
     plain = load_sweep(write_sweep(tmp_path / "b.toml", SWEEP.format(out=tmp_path, extra="").replace(
         "[data.tasks]\nrate = 0.1\n", ""))).runs[0]
     assert plain.data.tasks is None and plain.run_id != with_tasks.run_id
+
+
+def test_insert_documents_matches_inserting_them_one_by_one():
+    """The vectorised insertion gives the stream that slicing it at every cut would: documents at the
+    start, at the end, several at one cut (kept in order), of different lengths."""
+    rng = np.random.default_rng(3)
+    stream = rng.integers(1, 256, size=500).astype(np.uint8)
+    cuts = np.sort(np.concatenate([[0, 0, 500, 500, 250, 250, 250], rng.integers(0, 501, size=40)]))
+    docs = [bytes([tasks.SEP]) + bytes(rng.integers(1, 256, size=int(rng.integers(1, 9))).astype(np.uint8))
+            for _ in cuts]
+    pieces, previous = [], 0
+    for cut, doc in zip(cuts.tolist(), docs):
+        pieces += [stream[previous:cut], np.frombuffer(doc, dtype=np.uint8)]
+        previous = cut
+    expected = np.concatenate(pieces + [stream[previous:]])
+    np.testing.assert_array_equal(tasks.insert_documents(stream, cuts, docs), expected)
+    np.testing.assert_array_equal(tasks.insert_documents(stream, np.zeros(0, np.int64), []), stream)
+
+
+def test_addition_items_are_written_once_per_pair():
+    """Drawing a pair again gives the same item (the memo that makes a mix fast), and the stream of
+    draws is the same as a fresh task's."""
+    task = tasks.Addition(min_digits=1, max_digits=1, format="scratchpad")
+    first = task.sample_many(np.random.default_rng(0), 300)
+    again = tasks.Addition(min_digits=1, max_digits=1, format="scratchpad").sample_many(np.random.default_rng(0), 300)
+    assert first == again and len({id(it) for it in first}) <= 100
+    assert all(it.target == task.answer(*map(int, it.prompt[:-1].split("+"))) + "\n" for it in first)

@@ -21,6 +21,7 @@ trained on (tests/test_tasks.py checks it on the mixed stream).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -46,6 +47,7 @@ class Item:
     target: str  # the answer, ending in "\n"
 
 
+@functools.lru_cache(maxsize=1 << 20)  # a mix draws millions of instances, most of a small space many times
 def is_heldout(key: str, fraction: float) -> bool:
     # sha256, not hash(): Python's str hash is salted per process.
     h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
@@ -129,8 +131,17 @@ class Addition(Task):
     def sample_many(self, rng, n):
         digits = rng.integers(self.min_digits, self.max_digits + 1, size=(2, n))
         a, b = _digits(rng, digits[0]).tolist(), _digits(rng, digits[1]).tolist()
-        return [Item(key=f"addition:{x}+{y}", prompt=f"{x}+{y}=", target=self.answer(x, y) + NEWLINE)
-                for x, y in zip(a, b)]
+        # The instance space is small (at most 10^12 pairs, mostly far fewer) and a mix draws millions:
+        # each pair's item is written once and then reused (the same items, so the same stream).
+        seen = self.__dict__.setdefault("_items", {})
+        out = []
+        for pair in zip(a, b):
+            item = seen.get(pair)
+            if item is None:
+                x, y = pair
+                item = seen[pair] = Item(key=f"addition:{x}+{y}", prompt=f"{x}+{y}=", target=self.answer(x, y) + NEWLINE)
+            out.append(item)
+        return out
 
     def answer(self, a: int, b: int) -> str:
         total = str(a + b)
@@ -368,16 +379,24 @@ def mix(stream: np.ndarray, cfg: TasksConfig, split: str, data_hash: str) -> tup
         slots = np.flatnonzero(which == t)
         for slot, item in zip(slots, draw(task, rng, len(slots), cfg.heldout_fraction, heldout)):
             docs[slot] = document(item)
-    stream = np.asarray(stream, dtype=np.uint8)
-    pieces, previous = [], 0
-    for cut, doc in zip(cuts.tolist(), docs):
-        if doc is None:
-            continue
-        pieces.append(stream[previous:cut])
-        pieces.append(np.frombuffer(doc, dtype=np.uint8))
-        previous = cut
-    pieces.append(stream[previous:])
-    return np.concatenate(pieces), sum(d is not None for d in docs)
+    placed = [i for i, doc in enumerate(docs) if doc is not None]
+    return insert_documents(np.asarray(stream, dtype=np.uint8), cuts[placed], [docs[i] for i in placed]), len(placed)
+
+
+def insert_documents(stream: np.ndarray, cuts: np.ndarray, docs: list[bytes]) -> np.ndarray:
+    """`stream` with docs[i] inserted before stream[cuts[i]] (cuts sorted; documents at one cut keep
+    their order), in a few array passes instead of one slice per document."""
+    lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
+    starts = np.asarray(cuts, dtype=np.int64) + np.cumsum(lengths) - lengths  # where each lands in the output
+    total = stream.size + int(lengths.sum())
+    edges = np.zeros(total + 1, dtype=np.int8)  # +1 where a document starts, -1 where it ends
+    np.add.at(edges, starts, 1)
+    np.add.at(edges, starts + lengths, -1)
+    in_doc = np.cumsum(edges[:-1], dtype=np.int8).astype(bool)  # documents never overlap: 0 or 1
+    out = np.empty(total, dtype=np.uint8)
+    out[in_doc] = np.frombuffer(b"".join(docs), dtype=np.uint8)
+    out[~in_doc] = stream
+    return out
 
 
 def mix_tasks(source, cfg: TasksConfig, cache: Path):
