@@ -51,6 +51,7 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         return worker(args.sweep)
+    args.sweep = str(Path(args.sweep).resolve())  # the workers run in their own trees
     import numpy as np
 
     import bench_step

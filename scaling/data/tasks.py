@@ -21,7 +21,6 @@ trained on (tests/test_tasks.py checks it on the mixed stream).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -47,7 +46,6 @@ class Item:
     target: str  # the answer, ending in "\n"
 
 
-@functools.lru_cache(maxsize=1 << 20)  # a mix draws millions of instances, most of a small space many times
 def is_heldout(key: str, fraction: float) -> bool:
     # sha256, not hash(): Python's str hash is salted per process.
     h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
@@ -73,6 +71,10 @@ class Task:
     def sample_many(self, rng: np.random.Generator, n: int) -> list[Item]:
         """n instances (vectorised: the mix draws hundreds of thousands)."""
         raise NotImplementedError
+
+    def heldout(self, item: Item, fraction: float) -> bool:
+        """`is_heldout(item.key, fraction)`; a task with a small instance space may remember it."""
+        return is_heldout(item.key, fraction)
 
     def sample(self, rng: np.random.Generator) -> Item:
         return self.sample_many(rng, 1)[0]
@@ -142,6 +144,13 @@ class Addition(Task):
                 item = seen[pair] = Item(key=f"addition:{x}+{y}", prompt=f"{x}+{y}=", target=self.answer(x, y) + NEWLINE)
             out.append(item)
         return out
+
+    def heldout(self, item, fraction):
+        verdicts = self.__dict__.setdefault("_heldout", {})
+        verdict = verdicts.get((item.key, fraction))
+        if verdict is None:
+            verdict = verdicts[(item.key, fraction)] = is_heldout(item.key, fraction)
+        return verdict
 
     def answer(self, a: int, b: int) -> str:
         total = str(a + b)
@@ -247,7 +256,8 @@ class Copy(Task):
     def sample_many(self, rng, n):
         lengths = rng.integers(self.min_len, self.max_len + 1, size=n).tolist()
         letters = (rng.integers(0, 26, size=(n, self.max_len)) + ord("a")).astype(np.uint8)
-        spans = [row[:k].tobytes().decode() for row, k in zip(letters, lengths)]
+        text, m = letters.tobytes().decode(), self.max_len  # row i is text[i * m:(i + 1) * m]
+        spans = [text[i * m:i * m + k] for i, k in enumerate(lengths)]
         return [Item(key=f"copy:{span}", prompt=f"copy:{span}=", target=span + NEWLINE) for span in spans]
 
     def max_prompt_chars(self):
@@ -326,7 +336,7 @@ def draw(task: Task, rng: np.random.Generator, n: int, fraction: float, heldout:
         want = n - len(out)
         share = fraction if heldout else 1 - fraction
         batch = task.sample_many(rng, int(want / share * 1.1) + 8)
-        out += [it for it in batch if is_heldout(it.key, fraction) == heldout]
+        out += [it for it in batch if task.heldout(it, fraction) == heldout]
     return out[:n]
 
 
