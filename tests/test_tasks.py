@@ -190,3 +190,8 @@ def test_addition_items_are_written_once_per_pair():
     again = tasks.Addition(min_digits=1, max_digits=1, format="scratchpad").sample_many(np.random.default_rng(0), 300)
     assert first == again and len({id(it) for it in first}) <= 100
     assert all(it.target == task.answer(*map(int, it.prompt[:-1].split("+"))) + "\n" for it in first)
+    wide = tasks.Addition(min_digits=5, max_digits=5)  # 8.1e9 pairs: nothing to reuse, nothing remembered
+    items = wide.sample_many(np.random.default_rng(0), 50)
+    assert all(int(it.target) == sum(map(int, it.prompt[:-1].split("+"))) for it in items)
+    assert [wide.heldout(it, 0.5) for it in items] == [tasks.is_heldout(it.key, 0.5) for it in items]
+    assert "_items" not in wide.__dict__ and "_heldout" not in wide.__dict__

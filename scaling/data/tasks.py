@@ -133,19 +133,27 @@ class Addition(Task):
     def sample_many(self, rng, n):
         digits = rng.integers(self.min_digits, self.max_digits + 1, size=(2, n))
         a, b = _digits(rng, digits[0]).tolist(), _digits(rng, digits[1]).tolist()
-        # The instance space is small (at most 10^12 pairs, mostly far fewer) and a mix draws millions:
-        # each pair's item is written once and then reused (the same items, so the same stream).
+        if self.max_digits > self.MEMO_DIGITS:
+            return [self._item(x, y) for x, y in zip(a, b)]
+        # A small instance space (at most 10^6 pairs) that a mix draws millions of times: each pair's
+        # item is written once and then reused (the same items, so the same stream).
         seen = self.__dict__.setdefault("_items", {})
         out = []
         for pair in zip(a, b):
             item = seen.get(pair)
             if item is None:
-                x, y = pair
-                item = seen[pair] = Item(key=f"addition:{x}+{y}", prompt=f"{x}+{y}=", target=self.answer(x, y) + NEWLINE)
+                item = seen[pair] = self._item(*pair)
             out.append(item)
         return out
 
+    MEMO_DIGITS = 3  # operands up to this many digits: items and held-out verdicts are remembered
+
+    def _item(self, x: int, y: int) -> Item:
+        return Item(key=f"addition:{x}+{y}", prompt=f"{x}+{y}=", target=self.answer(x, y) + NEWLINE)
+
     def heldout(self, item, fraction):
+        if self.max_digits > self.MEMO_DIGITS:
+            return is_heldout(item.key, fraction)
         verdicts = self.__dict__.setdefault("_heldout", {})
         verdict = verdicts.get((item.key, fraction))
         if verdict is None:
