@@ -192,3 +192,27 @@ def test_evenly_spaced_evaluations_and_their_run_ids(tmp_path):
     train_run(spec, tmp_path / "trained")  # the last one, linear: its history has those steps
     history = pq.read_table(records.run_dir(tmp_path / "trained", spec.run_id) / "history.parquet")
     assert history.column("step").to_pylist() == eval_steps(spec.steps, spec.train.eval_points, "linear")
+
+
+def test_every_program_is_cached_also_in_a_cache_folder_the_user_named(monkeypatch, tmp_path):
+    """JAX_COMPILATION_CACHE_DIR (or jax.config) may name the folder; the run's small programs are
+    cached there too (JAX's default keeps only compiles of 1 s or more), unless the user set the
+    threshold in the environment."""
+    from scaling.training.loop import enable_compilation_cache
+
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")
+    saved = {k: getattr(jax.config, k) for k in keys}
+    try:
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 100)
+        monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
+        monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "100")
+        enable_compilation_cache()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "mine")
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
+        assert jax.config.jax_persistent_cache_min_entry_size_bytes == 100  # the user's, kept
+    finally:
+        for k, v in saved.items():
+            jax.config.update(k, v)

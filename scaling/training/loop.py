@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -43,14 +44,18 @@ class Halt(Exception):
 
 
 def enable_compilation_cache() -> None:
-    """JAX's persistent compilation cache in the user's cache folder: a rerun, or a second run of the
-    same shape, loads its compiled steps instead of compiling them again."""
+    """JAX's persistent compilation cache, in the user's cache folder unless JAX_COMPILATION_CACHE_DIR
+    (or jax.config) names another: a rerun, or a second run of the same shape, loads its compiled
+    steps instead of compiling them again. Every program is cached, whichever folder holds them: a
+    run has a dozen small ones (init, eval, checkpoint copies, probes, sampling) whose compiles add
+    up to more than the train step's, and JAX's defaults (at least 1 s of compile) would leave them
+    out. A threshold the user set in the environment is kept."""
     if jax.config.jax_compilation_cache_dir is None:
         jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
-        # Every program, however quick to compile: a run has a dozen small ones (init, eval,
-        # probes, sampling) whose compiles add up to more than the train step's.
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    for env, key in (("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "jax_persistent_cache_min_compile_time_secs"),
+                     ("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "jax_persistent_cache_min_entry_size_bytes")):
+        if env not in os.environ:
+            jax.config.update(key, 0)
 
 
 class Member:
