@@ -52,13 +52,17 @@ def project_side(sweep: Path, out: Path) -> float:
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(out.parent / "xla-cold"))
     cmd = [str(Path(sys.executable).with_name("scaling")), "sweep", str(sweep), "--out", str(out)]
     print(f"(a) {' '.join(cmd[1:])}  [cold compilation cache]", flush=True)
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     with open(out.parent / "project.log", "w") as log:
         rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO).returncode
     wall = time.perf_counter() - t0
     if rc:
         sys.exit(f"race: `{' '.join(cmd)}` exited {rc}; see {out.parent / 'project.log'}")
-    (out / "race.json").write_text(json.dumps({"wall_s": wall, "sweep": str(sweep)}))
+    rule = out / "tune" / "lr_rule.json"  # written when the tuning stage ends
+    tune_s = rule.stat().st_mtime - started if rule.exists() else None
+    (out / "race.json").write_text(json.dumps({"wall_s": wall, "tune_s": tune_s, "sweep": str(sweep)}))
+    if tune_s is not None:
+        print(f"    tuning stage {tune_s:.1f} s, then the grid {wall - tune_s:.1f} s", flush=True)
     return wall
 
 
@@ -190,14 +194,21 @@ def main() -> int:
         results = []
         t0 = time.perf_counter()
         for (spec, _), f in zip(runs, files):
+            t_run = time.perf_counter()
             done = subprocess.run(argv + [str(f)], capture_output=True, text=True, cwd=TORCH_WORKER.parent)
             if done.returncode:
                 sys.exit(f"race: torch run {spec.run_id} failed:\n{done.stderr[-2000:]}")
-            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            results.append({**json.loads(done.stdout.strip().splitlines()[-1]), "wall": time.perf_counter() - t_run,
+                            "run_id": spec.run_id, "stage": spec.stage})
         wall_b = time.perf_counter() - t0
+        (work / "torch.json").write_text(json.dumps(results))
         t = results[0]
         print(f"(b) {wall_b:8.1f} s  ({wall_b / 60:.1f} min)  torch {t['torch']}, set_num_threads {t['threads']}, "
               f"{'compiled' if args.compile else 'eager'}", flush=True)
+        for stage in ("tune", "main"):
+            mine = [r for r in results if r["stage"] == stage]
+            print(f"    {stage}: {len(mine)} runs, {sum(r['wall'] for r in mine):.1f} s, of which "
+                  f"{sum(r['wall'] - r['seconds'] for r in mine):.1f} s process start-up (importing torch)", flush=True)
         print(f"\nsweep wall: scaling sweep {wall_a:.1f} s, torch loop {wall_b:.1f} s: "
               f"{wall_b / wall_a:.2f}x in the project's favour\n", flush=True)
 
