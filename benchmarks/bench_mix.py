@@ -6,8 +6,8 @@ pays once per tasks table before a task sweep's first run, against another revis
 
 Each side runs in its own process on the same slice of the cached standard-library source (its
 train split, prepared first if the cache lacks it), rounds interleaved; it prints the seconds of
-each round and a hash of the mixed stream, which must agree between the sides: the change being
-timed may not change the data.
+each round, the process's peak memory and a hash of the mixed stream, which must agree between the
+sides: the change being timed may not change the data.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def worker(sweep: str) -> None:
     import hashlib
+    import resource
     import time
 
     import numpy as np
@@ -38,7 +39,8 @@ def worker(sweep: str) -> None:
     start = time.perf_counter()
     mixed, n_docs = tasks.mix(stream, cfg, "train", "bench")
     print(json.dumps({"seconds": time.perf_counter() - start, "documents": n_docs,
-                      "sha256": hashlib.sha256(mixed.tobytes()).hexdigest()[:16]}), flush=True)
+                      "sha256": hashlib.sha256(mixed.tobytes()).hexdigest()[:16],
+                      "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}), flush=True)
 
 
 def main() -> None:
@@ -75,7 +77,7 @@ def main() -> None:
                                      cwd=src, env={**os.environ, "PYTHONPATH": str(src)}, check=True)
                 result = json.loads(out.stdout.strip().splitlines()[-1])
                 print(f"round {r + 1}  {name:<24} {result['seconds']:7.1f} s  {result['documents']:,} documents  "
-                      f"stream {result['sha256']}", flush=True)
+                      f"stream {result['sha256']}  peak memory {result['peak_gb']:.1f} GB", flush=True)
 
 
 if __name__ == "__main__":

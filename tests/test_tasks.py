@@ -182,6 +182,53 @@ def test_insert_documents_matches_inserting_them_one_by_one():
     np.testing.assert_array_equal(tasks.insert_documents(stream, np.zeros(0, np.int64), []), stream)
 
 
+def _mix_one_by_one(stream, cfg, split, data_hash):
+    """The mix written instance by instance (`draw`, `document`), as it was before its array code:
+    the reference that `tasks.mix` must reproduce byte for byte."""
+    specs = [tasks.make_task(s) for s in cfg.tasks]
+    weights = np.array([s.weight for s in cfg.tasks])
+    rng = tasks._rng("mix", cfg.seed, split, data_hash)
+    sizes = [np.mean([len(tasks.document(it)) for it in t.sample_many(tasks._rng("size", i), 256)])
+             for i, t in enumerate(specs)]
+    n_docs = max(1, int(round(len(stream) * cfg.rate / (1 - cfg.rate) / float(np.average(sizes, weights=weights)))))
+    cuts = np.sort(rng.integers(0, len(stream) + 1, size=n_docs))
+    which = rng.choice(len(specs), size=n_docs, p=weights / weights.sum())
+    docs = [None] * n_docs
+    for t, task in enumerate(specs):
+        slots = np.flatnonzero(which == t)
+        for slot, item in zip(slots, tasks.draw(task, rng, len(slots), cfg.heldout_fraction, split == "val")):
+            docs[slot] = tasks.document(item)
+    placed = [i for i, d in enumerate(docs) if d is not None]
+    return tasks.insert_documents(stream, cuts[placed], [docs[i] for i in placed]), len(placed)
+
+
+@pytest.mark.parametrize("specs", [
+    [_spec("addition", max_digits=2, format="reversed"), _spec("copy", min_len=3, max_len=6)],
+    [_spec("addition", name="direct", max_digits=3), _spec("addition", name="pad", max_digits=3, format="scratchpad"),
+     _spec("addition", name="long", min_digits=4, max_digits=5)],
+    [_spec("copy", min_len=1, max_len=2), _spec("copy", name="long", min_len=4, max_len=12),
+     _spec("recall", pairs=3), _spec("modular", modulus=11)],
+])
+def test_mix_in_arrays_gives_the_bytes_of_the_mix_one_instance_at_a_time(specs):
+    """Tasks draw their documents as arrays (`sample_documents`, memo tables of short instances):
+    every kind and format, on both sides of the held-out split, gives the mixed stream of the
+    item-by-item path exactly."""
+    stream = np.random.default_rng(5).integers(1, 256, size=20_000).astype(np.uint8)
+    cfg = TasksConfig(rate=0.6, tasks=tuple(specs), heldout_fraction=0.2)
+    for split in ("train", "val"):
+        expected, n_expected = _mix_one_by_one(stream, cfg, split, "h")
+        mixed, n = tasks.mix(stream, cfg, split, "h")
+        assert n == n_expected > 500
+        np.testing.assert_array_equal(mixed, expected)
+    for spec in specs:  # and drawn alone: the same instances, documents and verdicts as sample_many's
+        task, again = tasks.make_task(spec), tasks.make_task(spec)
+        docs = task.sample_documents(np.random.default_rng(9), 3000, 0.2)
+        items = again.sample_many(np.random.default_rng(9), 3000)
+        assert [bytes(d[:n]) for d, n in zip(docs.data, docs.lengths)] == [tasks.document(it) for it in items]
+        assert docs.heldout.tolist() == [tasks.is_heldout(it.key, 0.2) for it in items]
+        assert 0.1 < docs.heldout.mean() < 0.3
+
+
 def test_addition_items_are_written_once_per_pair():
     """Drawing a pair again gives the same item (the memo that makes a mix fast), and the stream of
     draws is the same as a fresh task's."""

@@ -52,6 +52,46 @@ def is_heldout(key: str, fraction: float) -> bool:
     return h / 2.0**64 < fraction
 
 
+def heldout_of_keys(keys: list[bytes], fraction: float) -> np.ndarray:
+    """`is_heldout` of many keys (bytes) at once: the same sha256 and the same float comparison."""
+    digests = b"".join(hashlib.sha256(k).digest()[:8] for k in keys)
+    return np.frombuffer(digests, dtype=">u8").astype(np.float64) / 2.0**64 < fraction
+
+
+@dataclass
+class Documents:
+    """Task documents as arrays: row i is `data[i, :lengths[i]]`, and whether its instance is held out."""
+
+    data: np.ndarray  # uint8 [n, width], right-padded with zeros
+    lengths: np.ndarray  # int64 [n]
+    heldout: np.ndarray  # bool [n]
+
+    @classmethod
+    def of(cls, docs: list[bytes], heldout) -> Documents:
+        lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
+        data = np.zeros((len(docs), int(lengths.max(initial=0))), np.uint8)
+        data[np.arange(data.shape[1])[None, :] < lengths[:, None]] = np.frombuffer(b"".join(docs), np.uint8)
+        return cls(data, lengths, np.asarray(heldout, dtype=bool).reshape(len(docs)))
+
+    def take(self, rows) -> Documents:
+        return Documents(self.data[rows], self.lengths[rows], self.heldout[rows])
+
+    @staticmethod
+    def concat(parts: list[Documents]) -> Documents:
+        width = max((p.data.shape[1] for p in parts), default=0)
+        data = np.zeros((sum(len(p.lengths) for p in parts), width), np.uint8)
+        row = 0
+        for p in parts:
+            data[row:row + len(p.lengths), :p.data.shape[1]] = p.data
+            row += len(p.lengths)
+        return Documents(data, np.concatenate([p.lengths for p in parts] or [np.zeros(0, np.int64)]),
+                         np.concatenate([p.heldout for p in parts] or [np.zeros(0, bool)]))
+
+    def flat(self) -> np.ndarray:
+        """The documents end to end, in row order."""
+        return self.data[np.arange(self.data.shape[1])[None, :] < self.lengths[:, None]]
+
+
 class Task:
     kind: ClassVar[str]
     PARAMS: ClassVar[dict[str, object]]
@@ -78,6 +118,14 @@ class Task:
 
     def sample(self, rng: np.random.Generator) -> Item:
         return self.sample_many(rng, 1)[0]
+
+    def sample_documents(self, rng: np.random.Generator, n: int, fraction: float) -> Documents:
+        """The n instances `sample_many(rng, n)` draws (the same generator calls, so the same
+        instances), as documents, with their held-out verdicts at `fraction`. This default goes
+        through the instances one by one; a task that a mix draws millions of times overrides it
+        with array code that must give the same bytes (tests/test_tasks.py compares the two)."""
+        items = self.sample_many(rng, n)
+        return Documents.of([document(it) for it in items], [self.heldout(it, fraction) for it in items])
 
     def max_prompt_chars(self) -> int:
         raise NotImplementedError
@@ -147,6 +195,32 @@ class Addition(Task):
         return out
 
     MEMO_DIGITS = 3  # operands up to this many digits: items and held-out verdicts are remembered
+
+    def sample_documents(self, rng, n, fraction):
+        if self.max_digits > self.MEMO_DIGITS:
+            return super().sample_documents(rng, n, fraction)
+        digits = rng.integers(self.min_digits, self.max_digits + 1, size=(2, n))
+        a, b = _digits(rng, digits[0]), _digits(rng, digits[1])  # as sample_many draws them
+        # Every pair's document and verdict written once into a table over the instance space
+        # (at most 10^6 pairs), then gathered by pair.
+        base = 10 ** self.max_digits
+        pair = a * base + b
+        table = self.__dict__.get("_table")
+        if table is None:
+            width = 1 + self.max_prompt_chars() + self.max_target_chars()
+            table = self._table = {"data": np.zeros((base * base, width), np.uint8),
+                                   "lengths": np.zeros(base * base, np.int64), "heldout": {}}
+        new = np.unique(pair[table["lengths"][pair] == 0])
+        if new.size:
+            built = Documents.of([document(self._item(int(p) // base, int(p) % base)) for p in new.tolist()], new * 0)
+            table["data"][new, :built.data.shape[1]] = built.data
+            table["lengths"][new] = built.lengths
+        verdicts = table["heldout"].setdefault(fraction, np.full(base * base, -1, np.int8))
+        unknown = np.unique(pair[verdicts[pair] < 0])
+        if unknown.size:
+            keys = [f"addition:{int(p) // base}+{int(p) % base}".encode() for p in unknown.tolist()]
+            verdicts[unknown] = heldout_of_keys(keys, fraction)
+        return Documents(table["data"][pair], table["lengths"][pair], verdicts[pair].astype(bool))
 
     def _item(self, x: int, y: int) -> Item:
         return Item(key=f"addition:{x}+{y}", prompt=f"{x}+{y}=", target=self.answer(x, y) + NEWLINE)
@@ -268,6 +342,48 @@ class Copy(Task):
         spans = [text[i * m:i * m + k] for i, k in enumerate(lengths)]
         return [Item(key=f"copy:{span}", prompt=f"copy:{span}=", target=span + NEWLINE) for span in spans]
 
+    def sample_documents(self, rng, n, fraction):
+        lengths = rng.integers(self.min_len, self.max_len + 1, size=n)  # as sample_many draws them
+        letters = (rng.integers(0, 26, size=(n, self.max_len)) + ord("a")).astype(np.uint8)
+        m, head = self.max_len, np.frombuffer(bytes([SEP]) + b"copy:", np.uint8)
+        data = np.zeros((n, 2 * m + 8), np.uint8)  # SEP copy: span = span \n
+        data[:, :6] = head
+        for start in range(0, n, 1 << 18):  # in slices: the index arrays are 8 bytes an entry
+            rows = slice(start, start + (1 << 18))
+            k, lt = lengths[rows, None], letters[rows]
+            j = np.broadcast_to(np.arange(2 * m + 8)[None, :], (len(k), 2 * m + 8))
+            r = np.broadcast_to(np.arange(len(k))[:, None], j.shape)
+            out = data[rows]
+            first, second = (j >= 6) & (j < 6 + k), (j >= 7 + k) & (j < 7 + 2 * k)
+            out[first] = lt[r[first], (j - 6)[first]]
+            out[second] = lt[r[second], (j - 7 - k)[second]]
+            out[j == 6 + k] = ord("=")
+            out[j == 7 + 2 * k] = ord(NEWLINE)
+        return Documents(data, 2 * lengths + 8, self._heldout_spans(letters, lengths, fraction))
+
+    def _heldout_spans(self, letters, lengths, fraction) -> np.ndarray:
+        """is_heldout("copy:" + span) of every row; spans of up to 4 letters (26^4 of them) are
+        remembered by their base-26 code, longer ones hashed each time."""
+        out = np.zeros(len(lengths), bool)
+        memo = self.__dict__.setdefault("_held_memo", {})
+        for k in np.unique(lengths).tolist():
+            rows = np.flatnonzero(lengths == k)
+            if k > 4:
+                out[rows] = heldout_of_keys([b"copy:" + row[:k].tobytes() for row in letters[rows]], fraction)
+                continue
+            code = np.zeros(len(rows), np.int64)
+            for i in range(k):
+                code = code * 26 + (letters[rows, i] - ord("a"))
+            verdicts = memo.setdefault((k, fraction), np.full(26 ** k, -1, np.int8))
+            unknown, first = np.unique(np.where(verdicts[code] < 0, code, -1), return_index=True)
+            if unknown[0] < 0:
+                unknown, first = unknown[1:], first[1:]
+            if unknown.size:
+                keys = [b"copy:" + row[:k].tobytes() for row in letters[rows[first]]]
+                verdicts[unknown] = heldout_of_keys(keys, fraction)
+            out[rows] = verdicts[code].astype(bool)
+        return out
+
     def max_prompt_chars(self):
         return self.max_len + 6
 
@@ -348,6 +464,20 @@ def draw(task: Task, rng: np.random.Generator, n: int, fraction: float, heldout:
     return out[:n]
 
 
+def draw_documents(task: Task, rng: np.random.Generator, n: int, fraction: float, heldout: bool) -> Documents:
+    """`draw`'s instances (the same generator calls, so the same ones, in order) as documents."""
+    parts, got = [], 0
+    for _ in range(1000):
+        if got >= n:
+            break
+        share = fraction if heldout else 1 - fraction
+        batch = task.sample_documents(rng, int((n - got) / share * 1.1) + 8, fraction)
+        keep = batch.take(batch.heldout == heldout)
+        parts.append(keep)
+        got += len(keep.lengths)
+    return Documents.concat(parts).take(slice(0, n))
+
+
 def probe_items(cfg: TasksConfig, spec: TaskSpec) -> list[Item]:
     """Up to `cfg.probe_items` distinct held-out instances of one task, a pure function of the config.
     A task whose held-out set is smaller yields all of it that turns up in about 100 draws per item."""
@@ -392,19 +522,33 @@ def mix(stream: np.ndarray, cfg: TasksConfig, split: str, data_hash: str) -> tup
     n_docs = max(1, int(round(n * cfg.rate / (1 - cfg.rate) / mean_doc)))
     cuts = np.sort(rng.integers(0, n + 1, size=n_docs))
     which = rng.choice(len(tasks), size=n_docs, p=weights / weights.sum())
-    docs: list[bytes | None] = [None] * n_docs
+    lengths = np.zeros(n_docs, np.int64)  # 0: a slot no instance was found for (a side that is empty)
+    drawn = []
     for t, task in enumerate(tasks):
         slots = np.flatnonzero(which == t)
-        for slot, item in zip(slots, draw(task, rng, len(slots), cfg.heldout_fraction, heldout)):
-            docs[slot] = document(item)
-    placed = [i for i, doc in enumerate(docs) if doc is not None]
-    return insert_documents(np.asarray(stream, dtype=np.uint8), cuts[placed], [docs[i] for i in placed]), len(placed)
+        docs = draw_documents(task, rng, len(slots), cfg.heldout_fraction, heldout)
+        lengths[slots[:len(docs.lengths)]] = docs.lengths
+        drawn.append((slots[:len(docs.lengths)], docs))
+    # Every document's bytes at its place in slot order (documents end to end, as `insert_documents` takes them).
+    offsets = np.cumsum(lengths) - lengths
+    flat = np.empty(int(lengths.sum()), np.uint8)
+    for slots, docs in drawn:
+        within = np.arange(docs.data.shape[1])[None, :] < docs.lengths[:, None]
+        for start in range(0, len(slots), 1 << 18):  # in slices: the positions are 8 bytes a byte
+            rows = slice(start, start + (1 << 18))
+            at = offsets[slots[rows], None] + np.arange(docs.data.shape[1])[None, :]
+            flat[at[within[rows]]] = docs.data[rows][within[rows]]
+    placed = np.flatnonzero(lengths)
+    return insert_documents(np.asarray(stream, dtype=np.uint8), cuts[placed], flat, lengths[placed]), len(placed)
 
 
-def insert_documents(stream: np.ndarray, cuts: np.ndarray, docs: list[bytes]) -> np.ndarray:
-    """`stream` with docs[i] inserted before stream[cuts[i]] (cuts sorted; documents at one cut keep
-    their order), in a few array passes instead of one slice per document."""
-    lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
+def insert_documents(stream: np.ndarray, cuts: np.ndarray, docs, lengths=None) -> np.ndarray:
+    """`stream` with document i inserted before stream[cuts[i]] (cuts sorted; documents at one cut
+    keep their order), in a few array passes instead of one slice per document. `docs`: a list of
+    bytes, or the documents end to end (uint8) with their `lengths`."""
+    if lengths is None:
+        lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
+        docs = np.frombuffer(b"".join(docs), dtype=np.uint8)
     starts = np.asarray(cuts, dtype=np.int64) + np.cumsum(lengths) - lengths  # where each lands in the output
     total = stream.size + int(lengths.sum())
     edges = np.zeros(total + 1, dtype=np.int8)  # +1 where a document starts, -1 where it ends
@@ -412,7 +556,7 @@ def insert_documents(stream: np.ndarray, cuts: np.ndarray, docs: list[bytes]) ->
     np.add.at(edges, starts + lengths, -1)
     in_doc = np.cumsum(edges[:-1], dtype=np.int8).astype(bool)  # documents never overlap: 0 or 1
     out = np.empty(total, dtype=np.uint8)
-    out[in_doc] = np.frombuffer(b"".join(docs), dtype=np.uint8)
+    out[in_doc] = docs
     out[~in_doc] = stream
     return out
 
