@@ -9,6 +9,8 @@ log-probability, edit distance) of the same outputs, as Schaeffer et al. 2023 ("
 abilities a mirage?") argue one should.
 
     locate_transition(x, y, chance=..., best=...)       one metric of any table -> Transition
+    transition_figure(table, x=..., y=..., chance=...)  that table's score against its scale, the
+                                                        transition and its interval marked
     transitions(runs, x="n_params")                     every task across sizes -> DataFrame
     transitions(history, x="step", by="run_id")         every task along each run's training
     seed_spread(along)                                  how far the seed moves each step (>= 2 seeds)
@@ -288,6 +290,46 @@ def emergence_figure(history: pd.DataFrame, task: str, *, discontinuous: str = "
                      label="Parameters (all)")
     fig.suptitle(f"Task {task!r}: {METRIC_LABELS.get(discontinuous)} vs {METRIC_LABELS.get(continuous)}\n"
                  "of the same held-out items (dashed: chance)")
+    return fig
+
+
+def transition_figure(table: pd.DataFrame, *, x: str, y: str, chance: float, best: float = 1.0,
+                      group: str | None = None, n_items=None, log_x: bool = True, n_boot: int = 1000,
+                      level: float = 0.9, x_label: str | None = None, y_label: str | None = None,
+                      seed: int = 0) -> Figure:
+    """Any table's score `y` against its scale `x` (say public models' benchmark accuracy against
+    training FLOPs), one line per `group` value where given, chance dashed, and the transition that
+    `locate_transition` finds over all the rows: a vertical line at it, its bootstrap interval
+    shaded (resampling groups where given, else redrawing each point from `n_items`, else
+    resampling points), the halfway threshold dotted. Needs no run ids, probe columns or records."""
+    for column in (x, y) + ((group,) if group else ()):
+        if column not in table:
+            raise ValueError(f"transition_figure: the table has no column {column!r} (it has {list(table.columns)})")
+    items = table[n_items].to_numpy(float) if isinstance(n_items, str) else n_items
+    tr = locate_transition(table[x].to_numpy(float), table[y].to_numpy(float), chance=chance, best=best,
+                           groups=None if group is None else table[group].to_numpy(), n_items=items,
+                           n_boot=n_boot, level=level, log_x=log_x, seed=seed, metric=y)
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for label, rows in ([(None, table)] if group is None else table.groupby(group, sort=True)):
+        rows = rows.sort_values(x)
+        ax.plot(rows[x], rows[y], "o-", ms=4, lw=1.2, alpha=0.85, label=None if label is None else str(label))
+    ax.axhline(chance, ls="--", color="gray", lw=1, label=f"chance ({chance:.3g})")
+    ax.axhline(tr.threshold, ls=":", color="gray", lw=1, label=f"halfway ({tr.threshold:.3g})")
+    if math.isfinite(tr.x):
+        if math.isfinite(tr.ci_low) and math.isfinite(tr.ci_high):
+            ax.axvspan(tr.ci_low, tr.ci_high, color="C3", alpha=0.15, lw=0)
+        bound = "<= " if tr.censored else ""
+        ax.axvline(tr.x, color="C3", lw=1.5, label=f"transition {bound}{tr.x:.3g}, {level:.0%} interval "
+                                                    f"[{tr.ci_low:.3g}, {tr.ci_high:.3g}]")
+    if log_x:
+        _log_x(ax)
+    ax.set_xlabel(x_label or X_LABELS.get(x, x))
+    ax.set_ylabel(y_label or METRIC_LABELS.get(y, y))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    crossed = "no transition" if math.isnan(tr.x) else f"{tr.crossed_fraction:.0%} of resamples cross"
+    ax.set_title(f"{y} against {x}: halfway from chance to {best:g} ({crossed})", fontsize=10)
     return fig
 
 

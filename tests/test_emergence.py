@@ -167,6 +167,30 @@ def test_locate_transition_on_any_table():
     assert "accuracy: crosses 0.625" in str(tr)
 
 
+def test_transition_figure_on_a_table_a_user_brings(tmp_path):
+    """The figure too takes any table: made-up accuracies of two model families against training
+    FLOPs (no run ids, probe columns or records), the transition drawn where locate_transition puts
+    it, its interval shaded; a column the table lacks is a one-line error naming it."""
+    flops = np.geomspace(1e20, 1e24, 9)
+    table = pd.DataFrame({"family": ["a"] * 9 + ["b"] * 9, "train_flops": np.concatenate([flops, flops * 1.5]),
+                          "accuracy": [0.25, 0.26, 0.25, 0.27, 0.31, 0.62, 0.78, 0.84, 0.86,
+                                       0.24, 0.25, 0.27, 0.26, 0.29, 0.55, 0.74, 0.83, 0.88]})
+    fig = em.transition_figure(table, x="train_flops", y="accuracy", chance=0.25, group="family", n_boot=200,
+                               x_label="Training FLOPs", y_label="Accuracy (4-way choice)")
+    ax = fig.axes[0]
+    tr = em.locate_transition(table["train_flops"], table["accuracy"], chance=0.25, groups=table["family"], n_boot=200)
+    vertical = [line for line in ax.lines if len(set(line.get_xdata())) == 1]
+    assert len(vertical) == 1 and vertical[0].get_xdata()[0] == pytest.approx(tr.x)
+    assert 10 ** 22.5 < tr.x < 10 ** 23.2 and ax.get_xscale() == "log" and len(ax.patches) == 1  # the interval
+    assert ax.get_xlabel() == "Training FLOPs" and [t.get_text() for t in ax.get_legend().get_texts()][:2] == ["a", "b"]
+    fig.savefig(tmp_path / "transition.png")
+    assert (tmp_path / "transition.png").stat().st_size > 10_000
+    flat = em.transition_figure(table.assign(accuracy=0.25), x="train_flops", y="accuracy", chance=0.25, n_boot=20)
+    assert not flat.axes[0].patches and "no transition" in flat.axes[0].get_title()
+    with pytest.raises(ValueError, match="no column 'score'"):
+        em.transition_figure(table, x="train_flops", y="score", chance=0.25)
+
+
 def test_seed_spread_measures_how_far_the_seed_moves_a_step():
     """Three seeds of one cell cross at 500, 700 and 900 (a seed spread far wider than one run's
     item interval), two seeds of another at 1000 and never: the spread needs two that cross; a cell
